@@ -1,0 +1,3 @@
+from modelopt_fork.cli import main
+
+raise SystemExit(main())

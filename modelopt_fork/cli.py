@@ -1,0 +1,85 @@
+"""`modelopt-fork`: command-line entry point. Errors users can act on print one message, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .series.errors import ForkError
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def cmd_materialize(args) -> int:
+    from .series.materialize import materialize
+
+    materialize(args.root, force=args.force, dest=args.dest, exclude=tuple(args.exclude), log=_log)
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .series.check import check
+
+    problems = check(args.root, collect_tests=not args.no_tests, log=_log)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"check: {len(problems)} problem(s)")
+        return 1
+    print("check: series, headers and patches are consistent; every patch applies with no fuzz")
+    return 0
+
+
+def cmd_refresh(args) -> int:
+    from .series.refresh import refresh
+
+    refresh(args.root, args.patch, new=args.new, log=_log)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .series.status import status_lines
+
+    lines, ok = status_lines(args.root)
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="modelopt-fork", description=__doc__)
+    ap.add_argument("--root", type=Path, default=None, help="fork checkout (default: found from cwd)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("materialize", help="build modelopt/ from the pinned wheel and patches/series")
+    p.add_argument("--force", action="store_true", help="rebuild even if up to date; discards in-place edits")
+    p.add_argument("--dest", type=Path, default=None, help="build into DIR instead of the checkout")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATCH", help="leave PATCH out (repeatable)")
+    p.set_defaults(func=cmd_materialize)
+
+    p = sub.add_parser("check", help="validate series, headers, Test: ids, and that every patch applies")
+    p.add_argument("--no-tests", action="store_true", help="skip collecting the Test: ids with pytest")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("refresh", help="turn in-place edits of modelopt/ into patch files")
+    p.add_argument("patch", nargs="?", default=None, help="patch to refresh (default: the last in the series)")
+    p.add_argument("--new", metavar="NAME.patch", default=None, help="record edits as a new patch appended to the series")
+    p.set_defaults(func=cmd_refresh)
+
+    p = sub.add_parser("status", help="upstream pin, applied patches, unrefreshed changes")
+    p.set_defaults(func=cmd_status)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from .series.pin import find_root
+
+        args.root = (args.root.resolve() if args.root else find_root())
+        return args.func(args)
+    except ForkError as e:
+        print(f"modelopt-fork {args.cmd}: error: {e}", file=sys.stderr)
+        return 2

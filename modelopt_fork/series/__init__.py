@@ -1,0 +1,1 @@
+"""The patch-series half: pin -> series/headers -> materialize -> refresh/check/status."""

@@ -1,0 +1,72 @@
+"""`modelopt-fork check`: the series, the patch files and their headers agree, and every patch applies."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import ForkError
+from .header import header_problems, parse_patch
+from .materialize import ensure_pristine
+from .pin import load_pin
+from .seriesfile import load_series, series_problems
+
+
+def missing_test_ids(root: Path, ids: list[str]) -> list[str]:
+    """Test ids that pytest cannot collect (file, class or function missing)."""
+    if not ids:
+        return []
+    missing = []
+    for tid in ids:
+        file = tid.split("::", 1)[0]
+        if not (root / file).is_file():
+            missing.append(f"{tid} (no file {file})")
+    present = [t for t in ids if (root / t.split("::", 1)[0]).is_file()]
+    if present:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *present],
+            cwd=root, capture_output=True, text=True,
+        )
+        collected = [ln.strip() for ln in proc.stdout.splitlines() if "::" in ln]
+        for tid in present:
+            if not any(c == tid or c.startswith(tid + "[") or c.startswith(tid + "::") for c in collected):
+                missing.append(f"{tid} (pytest collected nothing for it)")
+    return missing
+
+
+def check(root: Path, *, collect_tests: bool = True, log=print) -> list[str]:
+    """All problems found (empty list = the series is healthy)."""
+    root = Path(root).resolve()
+    pin = load_pin(root)
+    problems = series_problems(root)
+    series = load_series(root)
+    patches = []
+    for name in dict.fromkeys(series.names):
+        if not series.path(name).is_file():
+            continue
+        p = parse_patch(name, series.path(name).read_text(encoding="utf-8"))
+        problems += header_problems(p, pin.requirement)
+        patches.append(p)
+    if collect_tests:
+        for p in patches:
+            for m in missing_test_ids(root, p.tests):
+                problems.append(f"patches/{p.name}: Test: {m}")
+    # Every patch applies, in order, to the pristine tree: exact context, no offset.
+    from .apply import apply_patch
+    import shutil
+
+    pristine = ensure_pristine(root, pin, log)
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        tree.mkdir()
+        for top in pin.packages:
+            shutil.copytree(pristine / top, tree / top)
+        for p in patches:
+            try:
+                apply_patch(p.name, p.header_text + p.diff_text, tree)
+            except ForkError as e:
+                problems.append(str(e))
+                break
+    return problems
