@@ -32,28 +32,28 @@ def _normalize(text: str) -> str:
     return _DIFF_LINE.sub(fix, text)
 
 
-def diff_trees(base: Path, target: Path, mapping: dict[str, str]) -> str:
-    """Unified diff from ``base`` to ``target``.
+def diff_trees(base: Path, target: Path, tops: list[str]) -> str:
+    """Unified diff from ``base`` to ``target`` over the top-level dirs ``tops``.
 
-    ``mapping`` maps patch-layout top dirs to the dir names used inside both trees.
-    Only files that differ are copied, so the diff is fast on a large tree.
+    Both trees are in patch layout. Only files that differ are copied, so the
+    diff is fast on a large tree.
     """
     with tempfile.TemporaryDirectory() as tmp:
         a, b = Path(tmp) / "a", Path(tmp) / "b"
         a.mkdir()
         b.mkdir()
         changed = False
-        for patch_top, tree_top in sorted(mapping.items()):
-            old = set(iter_files(base / tree_top))
-            new = set(iter_files(target / tree_top))
+        for top in sorted(tops):
+            old = set(iter_files(base / top))
+            new = set(iter_files(target / top))
             for rel in sorted(old | new):
-                src, dst = base / tree_top / rel, target / tree_top / rel
+                src, dst = base / top / rel, target / top / rel
                 if rel in old and rel in new and src.read_bytes() == dst.read_bytes():
                     continue
                 changed = True
                 for side, f in ((a, src), (b, dst)):
                     if f.is_file():
-                        out = side / patch_top / rel
+                        out = side / top / rel
                         out.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(f, out)
         if not changed:

@@ -78,6 +78,8 @@ def header_problems(patch: PatchFile, upstream_requirement: str) -> list[str]:
             p.append(f"{where}: header field {f} is missing")
         elif not patch.get(f) and f not in MAY_BE_NONE:
             p.append(f"{where}: header field {f} is empty")
+        elif "TODO" in patch.get(f):
+            p.append(f"{where}: header field {f} still has a TODO from the template")
     for f in patch.fields.keys():
         if len(patch.fields.get_all(f)) > 1:
             p.append(f"{where}: header field {f} appears more than once")
