@@ -1,0 +1,84 @@
+"""End to end: NVFP4 export of a tiny MoE whose per-expert linears carry the calibration
+state upstream PRs #1264 / #1265 describe. Fail on pristine 0.47.0, pass on the fork."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _utils.tiny_moe import LAYOUTS, TRANSFORMERS_5, build, calib_ids, expert, expert_prefix, set_amax
+
+pytestmark = pytest.mark.skipif(
+    TRANSFORMERS_5, reason="per-expert nn.Linear experts exist for these architectures only in transformers < 5"
+)
+
+NVFP4_SCALE_DIV = 6.0 * 448.0  # E2M1 max * E4M3 max
+
+
+def _quantize(arch: str):
+    import modelopt.torch.quantization as mtq
+
+    model = build(arch, seed=1234)
+    ids = calib_ids(seed=1234)
+    mtq.quantize(model, mtq.NVFP4_DEFAULT_CFG, lambda m: m(ids))
+    return model
+
+
+def _export(model, out):
+    from modelopt.torch.export import export_hf_checkpoint
+
+    export_hf_checkpoint(model, export_dir=out)
+    tensors = {}
+    for f in sorted(out.glob("*.safetensors")):
+        tensors.update(load_file(f))
+    return tensors, json.loads((out / "hf_quant_config.json").read_text())
+
+
+@pytest.mark.parametrize("arch", sorted(LAYOUTS))
+def test_per_channel_input_amax_on_expert_exports(arch, tmp_path):
+    """#1264: per-channel input amax with dark channels on one expert's gate/up pair."""
+    torch.manual_seed(7)
+    model = _quantize(arch)
+    lay = LAYOUTS[arch]
+    ex = expert(model, arch, layer=1, idx=2)
+    calibrated = getattr(ex, lay.gate).input_quantizer.amax.clone()
+    dark = torch.tensor([0, 5, 17, 40])
+    per_channel = {}
+    for name in (lay.gate, lay.up):
+        amax = torch.rand(64) * calibrated + calibrated / 8  # a per-channel profile under the scalar
+        amax[dark] = 0.0  # channels no calibration token activated
+        per_channel[name] = amax
+        set_amax(getattr(ex, name).input_quantizer, amax)
+
+    tensors, _ = _export(model, tmp_path / "ckpt")
+
+    fused = torch.maximum(per_channel[lay.gate], per_channel[lay.up])
+    fused = torch.where(fused == 0, torch.full_like(fused, 6.0), fused)  # upstream's zero->maxbound at export
+    expected = fused.float() / NVFP4_SCALE_DIV
+    pre = expert_prefix(arch, 1, 2)
+    for name in (lay.gate, lay.up):
+        got = tensors[f"{pre}.{name}.input_scale"]
+        torch.testing.assert_close(got.reshape(expected.shape), expected, rtol=0, atol=0)
+    assert torch.equal(tensors[f"{pre}.{lay.gate}.weight_scale_2"], tensors[f"{pre}.{lay.up}.weight_scale_2"])
+    # the other experts keep their scalar input_scale
+    assert tensors[f"{expert_prefix(arch, 1, 0)}.{lay.gate}.input_scale"].numel() == 1
+
+
+@pytest.mark.parametrize("arch", sorted(LAYOUTS))
+def test_tiny_positive_input_amax_exports_positive_scale(arch, tmp_path):
+    """#1265: an amax so small that amax / (6 * 448) underflows to 0 in float32."""
+    model = _quantize(arch)
+    lay = LAYOUTS[arch]
+    ex = expert(model, arch, layer=0, idx=3)
+    set_amax(getattr(ex, lay.down).input_quantizer, torch.tensor(1e-44))
+    assert torch.tensor(1e-44) / NVFP4_SCALE_DIV == 0  # the premise: the naive scale is zero
+
+    tensors, _ = _export(model, tmp_path / "ckpt")
+
+    scale = tensors[f"{expert_prefix(arch, 0, 3)}.{lay.down}.input_scale"]
+    assert scale.dtype == torch.float32
+    assert scale.item() == torch.finfo(torch.float32).tiny
+    assert torch.isfinite(1.0 / scale).all()
