@@ -30,6 +30,13 @@ def cmd_check(args) -> int:
         print(f"check: {len(problems)} problem(s)")
         return 1
     print("check: series, headers and patches are consistent; every patch applies with no fuzz")
+    if args.red_green is not None:
+        from .series.redgreen import format_rows, red_green
+
+        rows = red_green(args.root, args.red_green or None, log=_log)
+        print(format_rows(rows), flush=True)
+        if not all(r.ok for r in rows):
+            return 1
     return 0
 
 
@@ -61,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate series, headers, Test: ids, and that every patch applies")
     p.add_argument("--no-tests", action="store_true", help="skip collecting the Test: ids with pytest")
+    p.add_argument("--red-green", nargs="*", metavar="PATCH", default=None,
+                   help="also prove each patch (or the PATCHes named): its Test: ids fail without it, pass with it")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("refresh", help="turn in-place edits of modelopt/ into patch files")

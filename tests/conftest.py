@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parents[1]
-
-# `modelopt-fork check --red-green` runs tests against another materialized tree
-# (the series minus one patch): put it first on sys.path before anything imports
-# modelopt. pytest_report_header shows which tree is under test.
-TREE_ENV = "MODELOPT_FORK_TREE"
-if os.environ.get(TREE_ENV):
-    sys.path.insert(0, str(Path(os.environ[TREE_ENV]).resolve()))
 
 # Profiles: `ci` is what .ci/run uses (>= 200 examples per property), `dev` is
 # quick local iteration, `nightly` digs deeper. Select with HYPOTHESIS_PROFILE.
@@ -26,21 +18,6 @@ settings.register_profile("ci", max_examples=200, derandomize=True, print_blob=T
 settings.register_profile("dev", max_examples=50, **_common)
 settings.register_profile("nightly", max_examples=5000, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
-
-
-def pytest_report_header(config):
-    import modelopt
-
-    return f"modelopt under test: {modelopt.__file__}"
-
-
-def pytest_configure(config):
-    if os.environ.get(TREE_ENV):
-        import modelopt
-
-        want = Path(os.environ[TREE_ENV]).resolve()
-        if not Path(modelopt.__file__).resolve().is_relative_to(want):
-            raise pytest.UsageError(f"{TREE_ENV}={want} but modelopt imports from {modelopt.__file__}")
 
 
 @pytest.fixture(scope="session")

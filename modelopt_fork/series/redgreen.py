@@ -1,0 +1,129 @@
+"""`modelopt-fork check --red-green`: each patch's Test: ids fail without it and pass with it.
+
+For patch P, the red tree is the series with P left out (materialized into a
+temporary directory; if a later patch needs P to apply, the series prefix
+before P is used and the table says so). Each Test: id is run with pytest
+against the red tree (MODELOPT_FORK_TREE, see the root conftest.py) and must
+fail; ids under tests/ must fail in every item that runs (a strict xfail).
+Then every id is run against the full series and must pass.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import PatchApplyError
+from .header import parse_patch
+from .materialize import materialize
+from .seriesfile import load_series
+
+
+@dataclass
+class Outcome:
+    counts: Counter = field(default_factory=Counter)  # passed / failed / skipped / error
+
+    def text(self) -> str:
+        return ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items())) or "nothing ran"
+
+
+@dataclass
+class Row:
+    patch: str
+    test_id: str
+    red_tree: str
+    red: Outcome
+    green: Outcome
+    ok: bool
+    why: str = ""
+
+
+def _case_id(case: ET.Element) -> str:
+    cls, name = case.get("classname", ""), case.get("name", "")
+    file = case.get("file") or cls.replace(".", "/")
+    return f"{cls}::{name}", file
+
+
+def run_pytest(root: Path, ids: list[str], tree: Path | None, workdir: Path) -> dict[str, Outcome]:
+    """Outcome per Test id (items attributed to the id they were collected from)."""
+    xml = workdir / f"junit-{os.getpid()}-{len(list(workdir.iterdir()))}.xml"
+    env = dict(os.environ)
+    env.pop("MODELOPT_FORK_TREE", None)
+    if tree is not None:
+        env["MODELOPT_FORK_TREE"] = str(tree)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rN", "-o", "junit_family=xunit1",
+           f"--junitxml={xml}", *ids]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    if not xml.is_file() or proc.returncode not in (0, 1):
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"pytest could not run {ids} (exit {proc.returncode}):\n{tail}")
+    out = {tid: Outcome() for tid in ids}
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        file = case.get("file", "")
+        name = case.get("name", "")
+        kind = "passed"
+        for child in case:
+            if child.tag in ("failure", "error"):
+                kind = "failed"
+            elif child.tag == "skipped":
+                kind = "skipped"
+        for tid in ids:
+            tfile, _, tname = tid.partition("::")
+            tname = tname.split("::")[-1]
+            if file == tfile and (not tname or name == tname or name.startswith(tname + "[")):
+                out[tid].counts[kind] += 1
+    return out
+
+
+def red_green(root: Path, patches: list[str] | None = None, log=print) -> list[Row]:
+    root = Path(root).resolve()
+    series = load_series(root)
+    materialize(root, log=log)  # green = the checkout, up to date with the series
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="red-green-") as tmp:
+        tmp = Path(tmp)
+        for name in patches or list(series.names):
+            i = series.index(name)
+            p = parse_patch(name, series.path(name).read_text(encoding="utf-8"))
+            red = tmp / f"red-{i}"
+            red_tree = f"series without {name}"
+            try:
+                materialize(root, dest=red, exclude=(name,), log=log)
+            except PatchApplyError as e:
+                later = tuple(series.names[i:])
+                materialize(root, dest=red, exclude=later, force=True, log=log)
+                red_tree = f"series prefix before {name} ({e.patch} needs it)"
+            ids = p.tests
+            red_out = run_pytest(root, ids, red, tmp)
+            green_out = run_pytest(root, ids, None, tmp)
+            for tid in ids:
+                r, g = red_out[tid].counts, green_out[tid].counts
+                why = []
+                if r["failed"] == 0:
+                    why.append("does not fail without the patch")
+                if tid.startswith("tests/") and r["passed"]:
+                    why.append(f"{r['passed']} item(s) pass without the patch")
+                if g["failed"] or g["passed"] == 0:
+                    why.append("does not pass with the patch")
+                rows.append(Row(name, tid, red_tree, red_out[tid], green_out[tid], not why, "; ".join(why)))
+    return rows
+
+
+def format_rows(rows: list[Row]) -> str:
+    lines = ["red/green: each patch's Test: ids without the patch (red) and with the full series (green)"]
+    for r in rows:
+        status = "ok  " if r.ok else "FAIL"
+        lines.append(f"{status} {r.patch}  {r.test_id}")
+        lines.append(f"       red   [{r.red_tree}]: {r.red.text()}")
+        lines.append(f"       green [full series]: {r.green.text()}")
+        if r.why:
+            lines.append(f"       -> {r.why}")
+    n_bad = sum(not r.ok for r in rows)
+    lines.append(f"red/green: {len(rows) - n_bad} ok, {n_bad} failing")
+    return "\n".join(lines)
