@@ -55,6 +55,25 @@ def cmd_status(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_table(args) -> int:
+    from .series.table import patch_table, update_readme
+
+    if args.check:
+        from .series.table import BEGIN, END
+
+        text = (args.root / "README.md").read_text(encoding="utf-8")
+        if f"{BEGIN}\n{patch_table(args.root)}\n{END}" not in text:
+            print("README.md patch table is out of date: run `modelopt-fork table --write`")
+            return 1
+        print("README.md patch table is up to date")
+        return 0
+    if args.write:
+        print("README.md updated" if update_readme(args.root) else "README.md already up to date")
+        return 0
+    print(patch_table(args.root))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="modelopt-fork", description=__doc__)
     ap.add_argument("--root", type=Path, default=None, help="fork checkout (default: found from cwd)")
@@ -76,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("patch", nargs="?", default=None, help="patch to refresh (default: the last in the series)")
     p.add_argument("--new", metavar="NAME.patch", default=None, help="record edits as a new patch appended to the series")
     p.set_defaults(func=cmd_refresh)
+
+    p = sub.add_parser("table", help="the README's patch table, generated from the headers")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--write", action="store_true", help="rewrite it in README.md")
+    g.add_argument("--check", action="store_true", help="exit 1 if README.md's table is stale")
+    p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("status", help="upstream pin, applied patches, unrefreshed changes")
     p.set_defaults(func=cmd_status)

@@ -1,0 +1,39 @@
+"""check --red-green on a throwaway project: a real red/green patch passes, a vacuous Test: id is caught."""
+
+from __future__ import annotations
+
+import shutil
+
+from modelopt_fork.series.redgreen import format_rows, red_green
+
+from .helpers import INIT, add_patch_by_edit, append_line, quiet
+
+RED_GREEN_TEST = '''
+import modelopt
+
+
+def test_marker():
+    assert getattr(modelopt, "FORK_MARKER", None) == 1
+
+
+def test_vacuous():
+    assert True
+'''
+
+
+def test_red_green_detects_proven_and_unproven_patches(fork_project, repo_root):
+    shutil.copyfile(repo_root / "conftest.py", fork_project / "conftest.py")
+    (fork_project / "pytest.ini").write_text("[pytest]\n")
+    (fork_project / "tests").mkdir()
+    (fork_project / "tests" / "test_marker.py").write_text(RED_GREEN_TEST)
+    add_patch_by_edit(fork_project, "0001-marker.patch", append_line(str(INIT), "FORK_MARKER = 1"),
+                      test="tests/test_marker.py::test_marker")
+    add_patch_by_edit(fork_project, "0002-other.patch", append_line(str(INIT), "OTHER = 2"),
+                      test="tests/test_marker.py::test_vacuous")
+    rows = red_green(fork_project, log=quiet)
+    by_patch = {r.patch: r for r in rows}
+    good, bad = by_patch["0001-marker.patch"], by_patch["0002-other.patch"]
+    assert good.ok, format_rows(rows)
+    assert good.red.counts["failed"] == 1 and good.green.counts["passed"] == 1
+    assert not bad.ok and "does not fail without the patch" in bad.why
+    assert "red/green: 1 ok, 1 failing" in format_rows(rows)
