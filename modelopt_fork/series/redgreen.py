@@ -5,7 +5,9 @@ temporary directory; if a later patch needs P to apply, the series prefix
 before P is used and the table says so). Each Test: id is run with pytest
 against the red tree (MODELOPT_FORK_TREE, see the root conftest.py) and must
 fail; ids under tests/ must fail in every item that runs (a strict xfail).
-Then every id is run against the full series and must pass.
+Ids under tests/ are also run against pristine upstream (no patch at all) and
+must fail there the same way. Then every id is run against the full series
+and must pass.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Row:
     test_id: str
     red_tree: str
     red: Outcome
+    pristine: Outcome | None
     green: Outcome
     ok: bool
     why: str = ""
@@ -88,6 +91,8 @@ def red_green(root: Path, patches: list[str] | None = None, log=print) -> list[R
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="red-green-") as tmp:
         tmp = Path(tmp)
+        pristine = tmp / "pristine"
+        materialize(root, dest=pristine, exclude=tuple(series.names), log=log)
         for name in patches or list(series.names):
             i = series.index(name)
             p = parse_patch(name, series.path(name).read_text(encoding="utf-8"))
@@ -100,18 +105,23 @@ def red_green(root: Path, patches: list[str] | None = None, log=print) -> list[R
                 materialize(root, dest=red, exclude=later, force=True, log=log)
                 red_tree = f"series prefix before {name} ({e.patch} needs it)"
             ids = p.tests
+            ours = [t for t in ids if t.startswith("tests/")]
             red_out = run_pytest(root, ids, red, tmp)
+            pristine_out = run_pytest(root, ours, pristine, tmp) if ours else {}
             green_out = run_pytest(root, ids, None, tmp)
             for tid in ids:
                 r, g = red_out[tid].counts, green_out[tid].counts
+                pr = pristine_out.get(tid)
                 why = []
                 if r["failed"] == 0:
                     why.append("does not fail without the patch")
-                if tid.startswith("tests/") and r["passed"]:
+                if tid in ours and r["passed"]:
                     why.append(f"{r['passed']} item(s) pass without the patch")
+                if pr is not None and (pr.counts["failed"] == 0 or pr.counts["passed"]):
+                    why.append("does not fail in every item on pristine upstream")
                 if g["failed"] or g["passed"] == 0:
                     why.append("does not pass with the patch")
-                rows.append(Row(name, tid, red_tree, red_out[tid], green_out[tid], not why, "; ".join(why)))
+                rows.append(Row(name, tid, red_tree, red_out[tid], pr, green_out[tid], not why, "; ".join(why)))
     return rows
 
 
@@ -121,6 +131,8 @@ def format_rows(rows: list[Row]) -> str:
         status = "ok  " if r.ok else "FAIL"
         lines.append(f"{status} {r.patch}  {r.test_id}")
         lines.append(f"       red   [{r.red_tree}]: {r.red.text()}")
+        if r.pristine is not None:
+            lines.append(f"       red   [pristine upstream]: {r.pristine.text()}")
         lines.append(f"       green [full series]: {r.green.text()}")
         if r.why:
             lines.append(f"       -> {r.why}")
