@@ -97,3 +97,32 @@ def test_negative_amax_still_asserts(amax, dtype):
 
     with pytest.raises(AssertionError, match="not positive"):
         NVFP4QTensor.get_activation_scaling_factor(_quantizer(amax.to(dtype)))
+
+
+# Which inputs still reach upstream's assertion although export_amax maps zero/NaN amax to
+# maxbound: only a dynamic-block (NVFP4 activation) quantizer's float32 amax in
+# (0, 2688 * 2**-150], whose scale amax / (6 * 448) rounds to zero. bf16/fp16 amax cannot
+# (their smallest subnormals divided by 2688 are still float32 denormals > 0), and static
+# quantizers clamp amax to finfo.tiny first.
+UNDERFLOW_MAX = 2688 * 2.0**-150
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_underflow_boundary(dtype):
+    from modelopt.torch.quantization.qtensor import NVFP4QTensor
+
+    pristine = pristine_function(MODULE, "NVFP4QTensor.get_activation_scaling_factor")
+    edge = torch.tensor(UNDERFLOW_MAX, dtype=torch.float32)
+    above = torch.nextafter(edge, torch.tensor(1.0))
+    smallest = {torch.float32: edge, torch.bfloat16: torch.tensor(2.0**-133), torch.float16: torch.tensor(2.0**-24)}[dtype]
+    smallest = smallest.to(dtype)
+    assert smallest.item() > 0
+    if dtype == torch.float32:
+        with pytest.raises(AssertionError, match="not positive"):
+            pristine(NVFP4QTensor, _quantizer(edge))
+        assert NVFP4QTensor.get_activation_scaling_factor(_quantizer(edge)).item() == FLOOR
+        assert_bit_identical(NVFP4QTensor.get_activation_scaling_factor(_quantizer(above)),
+                             pristine(NVFP4QTensor, _quantizer(above)))
+    else:  # cannot underflow: fork and pristine agree bit for bit
+        assert_bit_identical(NVFP4QTensor.get_activation_scaling_factor(_quantizer(smallest)),
+                             pristine(NVFP4QTensor, _quantizer(smallest)))
