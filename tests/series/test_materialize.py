@@ -16,6 +16,21 @@ from modelopt_fork.series.tree import STAMP_NAME, manifest
 from .helpers import INIT, add_patch_by_edit, append_line, quiet
 
 
+def _init_patch(start: int, import_line: str = "from importlib.metadata import version as _version") -> str:
+    """A hand-written patch against modelopt/__init__.py whose hunk claims to start at ``start``."""
+    return (
+        "Description: hand-written\n\n"
+        "diff --git a/modelopt/__init__.py b/modelopt/__init__.py\n"
+        "--- a/modelopt/__init__.py\n"
+        "+++ b/modelopt/__init__.py\n"
+        f"@@ -{start},3 +{start},4 @@\n"
+        ' """Nvidia Model Optimizer (modelopt)."""\n'
+        " \n"
+        f" {import_line}\n"
+        "+X = 1\n"
+    )
+
+
 def _generated(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name not in ("patches", "UPSTREAM.toml", ".modelopt-fork"))
 
@@ -59,17 +74,7 @@ def test_patch_that_does_not_apply_names_patch_and_hunk_and_keeps_old_tree(fork_
     add_patch_by_edit(fork_project, "0001-marker.patch", append_line(str(INIT), "FORK_MARKER = 1"))
     before = manifest(fork_project, ["modelopt", "modelopt_recipes"])
     stamp_before = (fork_project / "modelopt" / STAMP_NAME).read_text()
-    bad = (
-        "Description: stale\n\n"
-        "diff --git a/modelopt/__init__.py b/modelopt/__init__.py\n"
-        "--- a/modelopt/__init__.py\n"
-        "+++ b/modelopt/__init__.py\n"
-        "@@ -16,3 +16,4 @@\n"
-        ' """Nvidia Model Optimizer (modelopt)."""\n'
-        " \n"
-        " from importlib.metadata import version as _this_line_is_not_upstream\n"
-        "+X = 1\n"
-    )
+    bad = _init_patch(start=16, import_line="from importlib.metadata import version as _this_line_is_not_upstream")
     (fork_project / "patches" / "0002-stale.patch").write_text(bad)
     (fork_project / "patches" / "series").write_text("0001-marker.patch\n0002-stale.patch\n")
     with pytest.raises(PatchApplyError) as ei:
@@ -86,17 +91,7 @@ def test_patch_that_does_not_apply_names_patch_and_hunk_and_keeps_old_tree(fork_
 def test_hunk_at_an_offset_is_rejected(fork_project):
     """No fuzz and no offset: right context at the wrong line is a stale patch."""
     materialize(fork_project, log=quiet)
-    text = (
-        "Description: offset\n\n"
-        "diff --git a/modelopt/__init__.py b/modelopt/__init__.py\n"
-        "--- a/modelopt/__init__.py\n"
-        "+++ b/modelopt/__init__.py\n"
-        "@@ -17,3 +17,4 @@\n"  # the real context starts at line 16
-        ' """Nvidia Model Optimizer (modelopt)."""\n'
-        " \n"
-        " from importlib.metadata import version as _version\n"
-        "+X = 1\n"
-    )
+    text = _init_patch(start=17)  # the real context starts at line 16
     (fork_project / "patches" / "0001-offset.patch").write_text(text)
     (fork_project / "patches" / "series").write_text("0001-offset.patch\n")
     with pytest.raises(PatchApplyError, match="does not match at line 17"):
