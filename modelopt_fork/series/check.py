@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import ForkError
 from .header import header_problems, parse_patch
-from .materialize import ensure_pristine
+from .materialize import build_tree
 from .pin import load_pin
 from .seriesfile import load_series, series_problems
 
@@ -54,19 +54,9 @@ def check(root: Path, *, collect_tests: bool = True, log=print) -> list[str]:
             for m in missing_test_ids(root, p.tests):
                 problems.append(f"patches/{p.name}: Test: {m}")
     # Every patch applies, in order, to the pristine tree: exact context, no offset.
-    from .apply import apply_patch
-    import shutil
-
-    pristine = ensure_pristine(root, pin, log)
     with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / "tree"
-        tree.mkdir()
-        for top in pin.packages:
-            shutil.copytree(pristine / top, tree / top)
-        for p in patches:
-            try:
-                apply_patch(p.name, p.header_text + p.diff_text, tree)
-            except ForkError as e:
-                problems.append(str(e))
-                break
+        try:
+            build_tree(root, [p.name for p in patches], Path(tmp) / "tree", log)
+        except ForkError as e:
+            problems.append(str(e))
     return problems
