@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("refresh", help="turn in-place edits of modelopt/ into patch files")
     p.add_argument("patch", nargs="?", default=None, help="patch to refresh (default: the last in the series)")
-    p.add_argument("--new", metavar="NAME.patch", default=None, help="record edits as a new patch appended to the series")
+    p.add_argument("--new", metavar="NAME.patch", default=None,
+                   help="record edits as a new patch appended to the series")
     p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("table", help="the README's patch table, generated from the headers")

@@ -47,7 +47,8 @@ def _exact_context_problem(name: str, diff_text: str, tree: Path) -> str | None:
             start = hunk.source_start - 1 if hunk.source_length else hunk.source_start
             have = lines[start : start + len(want)]
             if have != want:
-                bad = next((i for i, (a, b) in enumerate(zip(have, want)) if a != b), min(len(have), len(want)))
+                pairs = enumerate(zip(have, want, strict=False))
+                bad = next((i for i, (a, b) in pairs if a != b), min(len(have), len(want)))
                 got = have[bad] if bad < len(have) else "<end of file>"
                 exp = want[bad] if bad < len(want) else "<end of hunk>"
                 header = str(hunk).splitlines()[0]

@@ -26,7 +26,8 @@ def missing_test_ids(root: Path, ids: list[str]) -> list[str]:
     present = [t for t in ids if (root / t.split("::", 1)[0]).is_file()]
     if present:
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *present],
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+             *present],
             cwd=root, capture_output=True, text=True,
         )
         collected = [ln.strip() for ln in proc.stdout.splitlines() if "::" in ln]

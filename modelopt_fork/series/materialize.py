@@ -22,7 +22,7 @@ from .errors import DirtyTreeError
 from .pin import Pin, load_pin
 from .seriesfile import Series, load_series
 from .tree import STAMP_NAME, UPSTREAM_TESTS_DIR, diff_manifests, manifest
-from .wheel import STATE_DIR, dist_info_dir, obtain_wheel, unpack
+from .wheel import STATE_DIR, obtain_wheel, unpack
 
 STAMP_FORMAT = 1
 

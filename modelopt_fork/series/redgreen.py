@@ -47,12 +47,6 @@ class Row:
     why: str = ""
 
 
-def _case_id(case: ET.Element) -> str:
-    cls, name = case.get("classname", ""), case.get("name", "")
-    file = case.get("file") or cls.replace(".", "/")
-    return f"{cls}::{name}", file
-
-
 def run_pytest(root: Path, ids: list[str], tree: Path | None, workdir: Path) -> dict[str, Outcome]:
     """Outcome per Test id (items attributed to the id they were collected from)."""
     xml = workdir / f"junit-{os.getpid()}-{len(list(workdir.iterdir()))}.xml"

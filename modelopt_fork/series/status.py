@@ -32,7 +32,8 @@ def status_lines(root: Path) -> tuple[list[str], bool]:
         ok = False
     else:
         if not st.up_to_date:
-            lines.append("tree:      stale: patches/ changed since the tree was materialized (run `modelopt-fork materialize`)")
+            lines.append("tree:      stale: patches/ changed since the tree was materialized "
+                         "(run `modelopt-fork materialize`)")
             ok = False
         if st.edits:
             lines.append(f"tree:      {len(st.edits)} file(s) modified in place, not refreshed into patches:")

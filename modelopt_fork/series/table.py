@@ -18,7 +18,10 @@ def patch_table(root: Path) -> str:
         p = parse_patch(name, series.path(name).read_text(encoding="utf-8"))
         summary = str(p.fields.get("Description", "")).splitlines()[0].strip()
         fwd = p.get("Forwarded")
-        fwd_cell = f"[{fwd.rstrip('/').rsplit('/', 2)[-2]} #{fwd.rstrip('/').rsplit('/', 1)[-1]}]({fwd})" if fwd.startswith("http") else fwd
+        fwd_cell = fwd
+        if fwd.startswith("http"):
+            kind, number = fwd.rstrip("/").rsplit("/", 2)[-2:]
+            fwd_cell = f"[{kind} #{number}]({fwd})"
         rows.append(f"| {i} | [`{name}`](patches/{name}) | {summary} | {fwd_cell} |")
     return "\n".join(rows)
 

@@ -91,7 +91,10 @@ def test_all_zero_scale_gets_floor(zero, shape):
     assert FLOOR == 2.0**-126  # the smallest normal float32
 
 
-@given(amax=amax_tensors(elements=st.floats(max_value=-1.0, allow_infinity=False, width=32)), dtype=st.sampled_from(DTYPES))
+NEGATIVE = st.floats(max_value=-1.0, allow_infinity=False, width=32)
+
+
+@given(amax=amax_tensors(elements=NEGATIVE), dtype=st.sampled_from(DTYPES))
 def test_negative_amax_still_asserts(amax, dtype):
     from modelopt.torch.quantization.qtensor import NVFP4QTensor
 
@@ -114,8 +117,9 @@ def test_underflow_boundary(dtype):
     pristine = pristine_function(MODULE, "NVFP4QTensor.get_activation_scaling_factor")
     edge = torch.tensor(UNDERFLOW_MAX, dtype=torch.float32)
     above = torch.nextafter(edge, torch.tensor(1.0))
-    smallest = {torch.float32: edge, torch.bfloat16: torch.tensor(2.0**-133), torch.float16: torch.tensor(2.0**-24)}[dtype]
-    smallest = smallest.to(dtype)
+    # the smallest positive value of each dtype (float32: the underflow edge itself)
+    smallest = {torch.float32: edge, torch.bfloat16: torch.tensor(2.0**-133), torch.float16: torch.tensor(2.0**-24)}
+    smallest = smallest[dtype].to(dtype)
     assert smallest.item() > 0
     if dtype == torch.float32:
         with pytest.raises(AssertionError, match="not positive"):

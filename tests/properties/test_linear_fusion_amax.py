@@ -44,7 +44,7 @@ def _template():
 def _modules(amaxes):
     model = copy.deepcopy(_template())
     mods = [model.a, model.b, model.c][: len(amaxes)]
-    for m, a in zip(mods, amaxes):
+    for m, a in zip(mods, amaxes, strict=True):
         set_amax(m.input_quantizer, a)
     return mods
 
@@ -76,7 +76,7 @@ def test_scalar_path_bit_identical_to_pristine(data, n, dtype):
     got_exc, got = _outcome(_fork(), amaxes)
     assert got_exc is want_exc
     if want is not None:
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             assert_bit_identical(g, w)
 
 
@@ -123,5 +123,5 @@ def test_incompatible_per_channel_shapes_raise_value_error_naming_modules(data, 
     msg = str(ei.value)
     assert f"modules[0] QuantLinear(in_features=48): input amax shape ({c1},)" in msg
     assert f"modules[1] QuantLinear(in_features=48): input amax shape ({c2},)" in msg
-    for m, b in zip(mods, before):  # nothing assigned before the error
+    for m, b in zip(mods, before, strict=True):  # nothing assigned before the error
         assert_bit_identical(m.input_quantizer.amax, b)
