@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from _utils.devices import DEVICES
-from _utils.nvfp4 import E2M1_TIES, assert_equal_bits, fake_qdq, gen, real_qdq
+from _utils.nvfp4 import E2M1_TIES, assert_equal_bits, fake_qdq, gen, mismatch_profile, real_qdq
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 KINDS = ["normal", "heavy_tailed", "zero_blocks", "ties", "saturating"]
@@ -21,8 +21,19 @@ class TestNVFP4FakeQuant:
     def test_matches_real_quant_path(self, device, dtype, kind, seed):
         x, amax = gen(kind, (64, 256), dtype, seed, device)
         assert x.abs().amax() > 0  # never test on zeros alone
-        # bit-exact except the sign of zero (see test_negative_values_rounding_to_zero)
-        assert_equal_bits(fake_qdq(x, amax), real_qdq(x, amax), zero_sign=False)
+        fake, real = fake_qdq(x, amax), real_qdq(x, amax)
+        if device == "cpu":
+            assert_equal_bits(fake, real)
+        else:
+            # The Triton kernel divides approximately (PTX div.full.f32, up to 2 ulp); the
+            # real path divides exactly. Only elements whose result hangs on the last bits
+            # of a division may differ: near an E2M1 tie, or in a block whose FP8 scale is
+            # near a rounding boundary. Measured on an H100 (tests/gpu/RESULTS.md): at most
+            # 60 of 16384 elements, all of them near such a boundary.
+            gs = amax.float().to(device) / (6.0 * 448.0)  # as both paths compute it on CUDA
+            prof = mismatch_profile(fake, real, x, gs)
+            assert prof["unexplained"] == 0, prof
+            assert prof["diff"] <= 0.01 * prof["n"], prof
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=str)
     def test_tie_points_round_half_to_even(self, device, dtype):
@@ -35,6 +46,14 @@ class TestNVFP4FakeQuant:
         expected = torch.tensor([0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0])
         torch.testing.assert_close(out[0, 1:8], expected, rtol=0, atol=0)
         torch.testing.assert_close(out[1, 1:8], -expected, rtol=0, atol=0)
+
+    def test_negative_values_rounding_to_zero_give_positive_zero(self, device):
+        """The kernel negates as 0 - y (+0.0 for y = 0; measured on an H100), and the real
+        path's dequant table maps the signed zero code to +0.0: both give +0.0."""
+        x = torch.tensor([[6.0, -0.1, 0.1, -0.0] + [1.0] * 12], device=device)
+        fake, real = fake_qdq(x, torch.tensor(6.0 * 448.0)), real_qdq(x, torch.tensor(6.0 * 448.0))
+        assert not torch.signbit(fake[0, :4]).any()
+        assert_equal_bits(fake, real)
 
     def test_shape_dtype_and_partial_block(self, device):
         x, amax = gen("normal", (15, 48), torch.bfloat16, 3, device)
@@ -72,15 +91,6 @@ class TestKernelVsRealPathDisagreements:
         assert (fake[0, 16:] == 0).all()
         assert (real[0, 16:] != 0).all()
 
-    def test_negative_values_rounding_to_zero(self):
-        """Kernel: -(0 * scale) = -0.0 for a negative value that rounds to zero. Real path:
-        the E2M1 code keeps the sign bit, but the dequant table maps code 8 to +0.0."""
-        x = torch.tensor([[6.0, -0.1, 0.1, -0.0] + [1.0] * 12])
-        fake, real = fake_qdq(x, torch.tensor(6.0 * 448.0)), real_qdq(x, torch.tensor(6.0 * 448.0))
-        assert torch.signbit(fake[0, 1]) and not torch.signbit(real[0, 1])
-        assert not torch.signbit(fake[0, 3]) and not torch.signbit(real[0, 3])  # -0.0 input: +0.0 in both
-        assert_equal_bits(fake, real, zero_sign=False)
-
     def test_zero_global_amax(self):
         """Kernel: a non-positive global scale becomes 1e-12, every block scale then falls
         below 1e-5 and becomes 1.0, so x is rounded to the E2M1 grid at scale 1. Real path:
@@ -91,3 +101,13 @@ class TestKernelVsRealPathDisagreements:
         grid = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
         assert torch.isin(fake.abs(), grid).all() and (fake != 0).any()
         assert (real_qdq(x, torch.tensor(0.0)) == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_compiled_path_is_bit_identical_to_eager(dtype):
+    """Tensors of 2**20+ elements take the torch.compile'd path: same numbers as eager."""
+    from modelopt.torch.quantization.nvfp4_fake_quant_torch import nvfp4_fake_quant_torch
+
+    for kind, seed in [("normal", 7), ("heavy_tailed", 8), ("zero_blocks", 9), ("ties", 10), ("saturating", 11)]:
+        x, amax = gen(kind, (1024, 1024), dtype, seed)
+        assert_equal_bits(nvfp4_fake_quant_torch(x, amax, compile=True), nvfp4_fake_quant_torch(x, amax, compile=False))
