@@ -62,7 +62,8 @@ def main():
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "nvfp4_kernel_vs_cpu.json").write_text(json.dumps(rows, indent=1))
     cols = ("gs_differs", "diff", "ulp1", "diff_gs", "unexplained", "near")
-    print(f"{'dtype':9} {'kind':13} " + " ".join(f"{c:>11}" for c in ("gs!=", "diff", "ulp1", "diff@gs", "unexpl", "near")))
+    heads = ("gs!=", "diff", "ulp1", "diff@gs", "unexpl", "near")
+    print(f"{'dtype':9} {'kind':13} " + " ".join(f"{c:>11}" for c in heads))
     for (dt, kind), a in agg.items():
         print(f"{dt:9} {kind:13} " + " ".join(f"{a[c]:>11}" for c in cols))
     print(f"elements per row: {agg[next(iter(agg))]['n']} (6 seeds x 512 x 1024)")
