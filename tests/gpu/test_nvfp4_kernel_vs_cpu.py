@@ -79,6 +79,8 @@ def test_without_the_cuda_global_scale_fp32_is_off_by_one_ulp():
     ulps = (yk.view(torch.int32).long() - yc.view(torch.int32).long()).abs()
     nonzero = yc != 0
     assert (ulps[nonzero] <= 1).float().mean() > 0.99  # one ulp, bar division-rounding cases
-    assert (ulps[nonzero] == 1).float().mean() > 0.5  # and most elements are off
+    # and many elements are off (47% of nonzero outputs on an H100; the rest are products
+    # q * scale that round to the same float either way)
+    assert (ulps[nonzero] == 1).float().mean() > 0.3
     yc_gs = nvfp4_fake_quant_torch(x, amax, global_scale=(amax.cuda() / 2688.0).cpu())
     assert (yk != yc_gs).float().mean() < 5e-3  # with the CUDA scale the ulp class is gone
