@@ -21,10 +21,14 @@ class Layout:
     down: str
 
 
+# Per-expert nn.Linear layouts (transformers < 5).
 LAYOUTS = {
     "qwen3_moe": Layout("mlp", "gate_proj", "up_proj", "down_proj"),
     "mixtral": Layout("block_sparse_moe", "w1", "w3", "w2"),
 }
+# Architectures whose tiny twin builds under the installed transformers (Gemma-4 needs >= 5;
+# under >= 5 every one of them has fused 3-D experts).
+ARCHS = ["qwen3_moe", "mixtral"] + (["gemma4"] if TRANSFORMERS_5 else [])
 
 
 def tiny_config(arch: str, *, num_experts: int = 4, top_k: int = 2):
@@ -38,15 +42,25 @@ def tiny_config(arch: str, *, num_experts: int = 4, top_k: int = 2):
         cfg = transformers.MixtralConfig(intermediate_size=32, num_local_experts=num_experts,
                                          num_experts_per_tok=top_k, **common)
         cfg.architectures = ["MixtralForCausalLM"]
+    elif arch == "gemma4" and TRANSFORMERS_5:
+        cfg = transformers.Gemma4TextConfig(
+            intermediate_size=128, enable_moe_block=True, num_experts=num_experts, top_k_experts=top_k,
+            moe_intermediate_size=32, layer_types=["sliding_attention", "full_attention"], global_head_dim=16,
+            hidden_size_per_layer_input=16, vocab_size_per_layer_input=128, sliding_window=16, **common)
+        cfg.architectures = ["Gemma4ForCausalLM"]
     else:
-        raise ValueError(f"unknown tiny architecture {arch!r}; known: {sorted(LAYOUTS)}")
+        raise ValueError(f"unknown tiny architecture {arch!r} for transformers {transformers.__version__}; "
+                         f"known: {ARCHS}")
     return cfg
 
 
-def build(arch: str, *, seed: int = 0, **kw) -> torch.nn.Module:
+def build(arch: str, *, seed: int = 0, device: str = "cpu", architectures: bool = True, **kw) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(tiny_config(arch, **kw))
-    return model.eval()
+    cfg = tiny_config(arch, **kw)
+    if not architectures:
+        cfg.architectures = None  # as a model built by hand from a config has it
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    return model.eval().to(device)
 
 
 def calib_ids(seed: int = 0, batch: int = 4, seq: int = 16, vocab: int = 128) -> torch.Tensor:

@@ -36,4 +36,4 @@ def test_red_green_detects_proven_and_unproven_patches(fork_project, repo_root):
     assert good.ok, format_rows(rows)
     assert good.red.counts["failed"] == 1 and good.green.counts["passed"] == 1
     assert not bad.ok and "does not fail without the patch" in bad.why
-    assert "red/green: 1 ok, 1 failing" in format_rows(rows)
+    assert "red/green: 1 ok, 1 failing, 0 n/a here" in format_rows(rows)
