@@ -37,9 +37,8 @@ def _export(model, out):
     return tensors, json.loads((out / "hf_quant_config.json").read_text())
 
 
-@pytest.mark.parametrize("arch", sorted(LAYOUTS))
-def test_per_channel_input_amax_on_expert_exports(arch, tmp_path):
-    """#1264: per-channel input amax with dark channels on one expert's gate/up pair."""
+def _per_channel_state(arch):
+    """A quantized twin whose layer-1 expert-2 gate/up input quantizers hold per-channel amax."""
     torch.manual_seed(7)
     model = _quantize(arch)
     lay = LAYOUTS[arch]
@@ -52,17 +51,33 @@ def test_per_channel_input_amax_on_expert_exports(arch, tmp_path):
         amax[dark] = 0.0  # channels no calibration token activated
         per_channel[name] = amax
         set_amax(getattr(ex, name).input_quantizer, amax)
+    return model, per_channel
 
+
+@pytest.mark.parametrize("arch", sorted(LAYOUTS))
+def test_per_channel_input_amax_on_expert_exports(arch, tmp_path):
+    """#1264: per-channel input amax with dark channels on one expert's gate/up pair exports."""
+    model, per_channel = _per_channel_state(arch)
     tensors, _ = _export(model, tmp_path / "ckpt")
+    lay, pre = LAYOUTS[arch], expert_prefix(arch, 1, 2)
+    gate, up = tensors[f"{pre}.{lay.gate}.input_scale"], tensors[f"{pre}.{lay.up}.input_scale"]
+    assert torch.equal(gate, up)  # fused pair shares its input scale
+    assert (gate > 0).all() and torch.isfinite(gate).all()
+    assert torch.equal(tensors[f"{pre}.{lay.gate}.weight_scale_2"], tensors[f"{pre}.{lay.up}.weight_scale_2"])
 
-    fused = torch.maximum(per_channel[lay.gate], per_channel[lay.up])
-    fused = torch.where(fused == 0, torch.full_like(fused, 6.0), fused)  # upstream's zero->maxbound at export
-    expected = fused.float() / NVFP4_SCALE_DIV
-    pre = expert_prefix(arch, 1, 2)
+
+@pytest.mark.parametrize("arch", sorted(LAYOUTS))
+def test_per_channel_input_amax_exports_scalar_input_scale(arch, tmp_path):
+    """Patch 0006: the exported NVFP4 input_scale is 0-d FP32 (vLLM loads nothing else), the
+    max over channels of the fused amax, dark channels ignored."""
+    model, per_channel = _per_channel_state(arch)
+    tensors, _ = _export(model, tmp_path / "ckpt")
+    lay, pre = LAYOUTS[arch], expert_prefix(arch, 1, 2)
+    expected = torch.maximum(per_channel[lay.gate], per_channel[lay.up]).max().float() / NVFP4_SCALE_DIV
     for name in (lay.gate, lay.up):
         got = tensors[f"{pre}.{name}.input_scale"]
-        torch.testing.assert_close(got.reshape(expected.shape), expected, rtol=0, atol=0)
-    assert torch.equal(tensors[f"{pre}.{lay.gate}.weight_scale_2"], tensors[f"{pre}.{lay.up}.weight_scale_2"])
+        assert got.shape == torch.Size([]) and got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
     # the other experts keep their scalar input_scale
     assert tensors[f"{expert_prefix(arch, 1, 0)}.{lay.gate}.input_scale"].numel() == 1
 
