@@ -105,7 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="upstream pin, applied patches, unrefreshed changes")
     p.set_defaults(func=cmd_status)
+    _register_command_modules(sub)
     return ap
+
+
+def _register_command_modules(sub) -> None:
+    """Commands living in :mod:`modelopt_fork.commands`: one module each, exposing ``register(sub)``.
+
+    A command that works outside a fork checkout (on an exported checkpoint, a model
+    directory) sets ``needs_root=False`` in its defaults.
+    """
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{commands.__name__}.{info.name}").register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .series.pin import find_root
 
-        args.root = (args.root.resolve() if args.root else find_root())
+        if args.root:
+            args.root = args.root.resolve()
+        elif getattr(args, "needs_root", True):
+            args.root = find_root()
         return args.func(args)
     except ForkError as e:
         print(f"modelopt-fork {args.cmd}: error: {e}", file=sys.stderr)
