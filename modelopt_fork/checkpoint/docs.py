@@ -1,0 +1,59 @@
+"""docs/checkpoint-rules.md, generated from :data:`.rules.RULES`.
+
+``python -m modelopt_fork.checkpoint.docs --write`` rewrites it; without ``--write`` it prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DOC = Path("docs") / "checkpoint-rules.md"
+
+HEADER = """\
+# NVFP4 checkpoint rules
+
+Generated from `modelopt_fork/checkpoint/rules.py` by
+`python -m modelopt_fork.checkpoint.docs --write`; do not edit by hand
+(`tests/checkpoint/test_validate.py` fails when this file is stale).
+
+`modelopt-fork validate CHECKPOINT_DIR` checks an exported checkpoint against these rules and
+prints one line per violation: tensor (or `file.json:key`), rule id, what it found and what
+the runtimes expect. Exit code 0 when clean, 1 on any violation, 2 when the directory cannot
+be read as a checkpoint.
+
+Sources are files of vLLM, TensorRT-LLM and compressed-tensors as read for this fork (named so
+they can be re-read when those projects move). Structure is found from names and shapes, not
+per architecture: experts are `<container>.experts.<i>.<proj>`, fused groups are sibling
+`q_proj/k_proj/v_proj`, `gate_proj/up_proj`, `w1/w3` under any parent, routers are the 2-D
+`*gate*`/`*router*` weights beside an `experts` container with one row per expert.
+"""
+
+
+def render() -> str:
+    from .rules import RULES
+
+    lines = [HEADER, f"{len(RULES)} rules.", "", "| rule | why | read in |", "|---|---|---|"]
+    for r in RULES:
+        sources = "<br>".join(f"`{s}`" for s in r.sources)
+        lines.append(f"| `{r.id}` | {r.why} | {sources} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--write", action="store_true", help=f"rewrite {DOC} (default: print it)")
+    ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2])
+    args = ap.parse_args(argv)
+    text = render()
+    if args.write:
+        (args.root / DOC).parent.mkdir(parents=True, exist_ok=True)
+        (args.root / DOC).write_text(text, encoding="utf-8")
+        print(f"wrote {args.root / DOC}")
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

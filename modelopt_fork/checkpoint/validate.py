@@ -1,0 +1,39 @@
+"""Run every rule of :mod:`.rules` over a checkpoint directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, order=True)
+class Violation:
+    tensor: str  # tensor name, or "file.json:key.path" for configuration
+    rule: str
+    found: str
+    expected: str
+    file: str | None = None  # shard holding the tensor
+
+    def format(self) -> str:
+        where = f" ({self.file})" if self.file else ""
+        return f"{self.tensor}{where}: {self.rule}: found {self.found}; expected {self.expected}"
+
+
+def validate_checkpoint(path: str | Path) -> list[Violation]:
+    """Violations of the consumer contract, sorted by tensor name then rule.
+
+    Raises :class:`~modelopt_fork.checkpoint.load.LoadError` when the directory cannot be read
+    as a checkpoint at all (missing, no safetensors, unreadable JSON or shard).
+    """
+    from .layout import Layout
+    from .load import load_checkpoint
+    from .rules import RULES
+
+    ckpt = load_checkpoint(path)
+    layout = Layout(ckpt)
+    found: set[Violation] = set()
+    for rule in RULES:
+        for tensor, what, expected in rule.check(layout):
+            info = ckpt.tensors.get(tensor)
+            found.add(Violation(tensor, rule.id, what, expected, info.file if info else None))
+    return sorted(found)
