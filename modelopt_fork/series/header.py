@@ -115,3 +115,26 @@ def header_template(upstream_requirement: str, author: str, today: _dt.date | No
         "Test: TODO tests/path/test_file.py::test_name\n"
         "\n"
     )
+
+
+def set_field(header_text: str, field: str, value: str) -> str:
+    """``header_text`` with ``field`` set to the one-line ``value``; every other byte is kept.
+
+    The field's continuation lines go with it; a missing field is added after the last field.
+    """
+    lines = header_text.splitlines(keepends=True)
+    out, i, done = [], 0, False
+    while i < len(lines):
+        if not done and lines[i].split(":", 1)[0] == field and ":" in lines[i]:
+            out.append(f"{field}: {value}\n")
+            i += 1
+            while i < len(lines) and lines[i][:1] in (" ", "\t") and lines[i].strip():
+                i += 1
+            done = True
+            continue
+        out.append(lines[i])
+        i += 1
+    if not done:
+        last = max((j for j, ln in enumerate(out) if ln.strip()), default=-1)
+        out.insert(last + 1, f"{field}: {value}\n")
+    return "".join(out)

@@ -81,10 +81,10 @@ def run_pytest(root: Path, ids: list[str], tree: Path | None, workdir: Path) -> 
     for case in ET.parse(xml).getroot().iter("testcase"):
         file = case.get("file", "")
         name = case.get("name", "")
-        kind = "passed"
+        kind, message = "passed", ""
         for child in case:
             if child.tag in ("failure", "error"):
-                kind = "failed"
+                kind, message = "failed", message or (child.get("message") or "").strip()
             elif child.tag == "skipped":
                 kind = "skipped"
         for tid in ids:
@@ -92,6 +92,8 @@ def run_pytest(root: Path, ids: list[str], tree: Path | None, workdir: Path) -> 
             tname = tname.split("::")[-1]
             if file == tfile and (not tname or name == tname or name.startswith(tname + "[")):
                 out[tid].counts[kind] += 1
+                if message and not out[tid].detail:
+                    out[tid].detail = message  # the first failure's message
     return out
 
 
