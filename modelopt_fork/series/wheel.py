@@ -43,23 +43,30 @@ def cache_dir(root: Path) -> Path:
     return Path(root) / STATE_DIR / "cache"
 
 
-def _pip_download(pin: Pin, dest: Path, log) -> Path:
+def pip_download(requirement: str, dest: Path, log) -> Path:
+    """``pip download`` the wheel of ``requirement`` (no dependencies) into the empty dir ``dest``; its path."""
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "-d", str(dest), pin.requirement,
+        "--disable-pip-version-check", "-d", str(dest), requirement,
     ]
-    log(f"downloading {pin.requirement} with pip")
+    log(f"downloading {requirement} with pip")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
-        raise PinError(
-            f"`{' '.join(cmd[2:])}` failed (exit {proc.returncode}):\n{tail}\n"
-            f"Offline? Point {WHEEL_ENV} at a local copy of {pin.wheel}."
-        )
-    got = dest / pin.wheel
-    if not got.is_file():
-        found = sorted(p.name for p in dest.iterdir())
-        raise PinError(f"pip download produced {found}, expected {pin.wheel} (UPSTREAM.toml [upstream].wheel)")
+        raise PinError(f"`{' '.join(cmd[2:])}` failed (exit {proc.returncode}):\n{tail}")
+    found = sorted(p for p in Path(dest).iterdir() if p.suffix == ".whl")
+    if len(found) != 1:
+        raise PinError(f"pip download of {requirement} produced {[p.name for p in found]}, expected one wheel")
+    return found[0]
+
+
+def _pip_download(pin: Pin, dest: Path, log) -> Path:
+    try:
+        got = pip_download(pin.requirement, dest, log)
+    except PinError as e:
+        raise PinError(f"{e}\nOffline? Point {WHEEL_ENV} at a local copy of {pin.wheel}.") from None
+    if got.name != pin.wheel:
+        raise PinError(f"pip download produced {got.name}, expected {pin.wheel} (UPSTREAM.toml [upstream].wheel)")
     return got
 
 
