@@ -1,0 +1,90 @@
+"""Run matrix cells against a pristine upstream tree (optionally with some of our patches).
+
+The tree is built once per (version, patches) under ``.modelopt-fork/upstream/`` and the
+cells run in a subprocess whose ``sys.path`` starts with that tree, so ``import modelopt``
+there is the upstream code (the worker refuses to run otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ..series.errors import ForkError
+from ..series.materialize import STATE_DIR, build_tree, ensure_pristine
+from ..series.pin import load_pin
+from ..series.wheel import cache_dir, pip_download, sha256_file, unpack
+
+TREE_ENV = "MODELOPT_FORK_TREE"
+
+
+def upstream_wheel(root: Path, version: str, log=print) -> Path:
+    """The nvidia-modelopt ``version`` wheel, downloaded once into the cache (sha256 logged)."""
+    pin = load_pin(root)
+    if version == pin.version:
+        from ..series.wheel import obtain_wheel
+
+        return obtain_wheel(pin, root, log)
+    found = sorted(cache_dir(root).glob(f"nvidia_modelopt-{version}-*.whl"))
+    if found:
+        return found[0]
+    cache_dir(root).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir(root)) as tmp:
+        got = pip_download(f"nvidia-modelopt=={version}", Path(tmp), log)
+        final = cache_dir(root) / got.name
+        os.replace(got, final)
+    log(f"{final.name}: sha256 {sha256_file(final)}")
+    return final
+
+
+def upstream_tree(root: Path, version: str, patches: tuple[str, ...] = (), log=print) -> Path:
+    """A tree of pristine ``version`` plus ``patches`` of our series, built once."""
+    pin = load_pin(root)
+    base = Path(root) / STATE_DIR / "upstream" / ("+".join([version, *[p.split("-")[0] for p in patches]]))
+    if (base / ".complete").is_file():
+        return base
+    shutil.rmtree(base, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=base.parent if base.parent.exists() else None))
+    try:
+        if version == pin.version:
+            if patches:
+                build_tree(root, list(patches), tmp / "t", log)
+            else:
+                shutil.copytree(ensure_pristine(root, pin, log), tmp / "t")
+        else:
+            if patches:
+                raise ForkError(f"--with applies our patches to {pin.version} only, not {version}")
+            unpack(upstream_wheel(root, version, log), tmp / "t", tuple(pin.packages))
+        (tmp / "t" / ".complete").write_text(version + "\n")
+        base.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / "t", base)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return base
+
+
+def run_cells_in(tree: Path, root: Path, cells, *, device: str, out_dir: Path, on_result=None) -> list[dict]:
+    """Run ``cells`` in a subprocess that imports modelopt from ``tree``; the results as dicts."""
+    env = dict(os.environ, **{TREE_ENV: str(tree)})
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    spec = json.dumps([list(c) for c in cells])
+    cmd = [sys.executable, "-m", "modelopt_fork.matrix.worker", "--device", device, "--out", str(out_dir),
+           "--cells", spec]
+    results = []
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            if line.startswith("CELL "):
+                r = json.loads(line[5:])
+                results.append(r)
+                if on_result:
+                    on_result(r)
+        err = proc.stderr.read()
+    if proc.returncode != 0:
+        tail = "\n".join(err.strip().splitlines()[-6:])
+        raise ForkError(f"matrix worker for {tree} exited {proc.returncode}:\n{tail}")
+    return results

@@ -1,0 +1,69 @@
+"""Build a tiny twin: seeded random weights from a shrunk config, never a download."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..series.errors import ForkError
+from .moe import MoEBlock, find_moe_blocks
+from .shrink import shrink
+from .source import load_config_dict
+
+
+@dataclass
+class Twin:
+    name: str  # bundled name or the model directory
+    model: torch.nn.Module
+    config: object  # the twin's transformers config
+    moe_blocks: list[MoEBlock] = field(default_factory=list)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+
+def twin_config(source: str | Path, *, layers: int = 2, num_experts=None, top_k=None):
+    """The transformers config of the twin of ``source``."""
+    import transformers
+    from transformers import CONFIG_MAPPING
+
+    name, raw = load_config_dict(source)
+    d = shrink(raw, layers=layers, num_experts=num_experts, top_k=top_k)
+    model_type = d.pop("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise ForkError(
+            f"{name}: model_type {model_type!r} is not an architecture of transformers "
+            f"{transformers.__version__}; twins are built from native transformers classes "
+            "(remote code is never run)"
+        )
+    d.pop("architectures", None)
+    return name, transformers.AutoConfig.for_model(model_type, **d)
+
+
+def build_twin(source: str | Path, *, seed: int = 0, device: str = "cpu", dtype=torch.float32,
+               layers: int = 2, num_experts=None, top_k=None) -> Twin:
+    """Build the tiny twin of ``source`` (see :mod:`.source`) with weights from ``seed``."""
+    import transformers
+
+    name, cfg = twin_config(source, layers=layers, num_experts=num_experts, top_k=top_k)
+    torch.manual_seed(seed)
+    try:
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    except ValueError as e:
+        raise ForkError(f"{name}: transformers {transformers.__version__} has no causal LM for "
+                        f"{type(cfg).__name__}: {e}") from e
+    cfg.architectures = [type(model).__name__]
+    model = model.to(device=device, dtype=dtype).eval()
+    blocks = find_moe_blocks(model)
+    if not blocks:
+        raise ForkError(f"{name}: the twin ({type(model).__name__}) has no MoE block with experts")
+    return Twin(name=name, model=model, config=cfg, moe_blocks=blocks)
+
+
+def calib_ids(vocab: int, *, seed: int = 0, batch: int = 4, seq: int = 32) -> torch.Tensor:
+    """Random token ids (the calibration data of a twin)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, seq), generator=g)

@@ -1,0 +1,134 @@
+"""Shrink a Hugging Face config to a tiny twin, keeping what matters for MoE export.
+
+Kept: the model class (``model_type``), the expert layout (per-expert or fused, decided
+by transformers itself), shared experts, dense-before-MoE layers, routing flags (groups,
+scoring, normalisation), attention flavour (GQA vs MHA, MLA ranks present or not, sliding
+vs full layers in the same order), gate/up naming. Shrunk: widths, depth, vocabulary.
+The number of experts defaults to ``max(4, 2*top_k)`` capped at the real count; pass
+``num_experts="real"`` for the real count. Unknown keys are left alone, so an MoE that is
+not bundled but uses the usual key names works without code changes.
+"""
+
+from __future__ import annotations
+
+import copy
+
+# Width-like keys and their tiny value (applied only where the key is present and set).
+# Every quantized linear then has in_features a multiple of 16 (the NVFP4 block).
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 32,
+    "ffn_hidden_size": 128,
+    "head_dim": 16,
+    "global_head_dim": 32,
+    "q_lora_rank": 32,
+    "kv_lora_rank": 32,
+    "qk_nope_head_dim": 16,
+    "qk_rope_head_dim": 16,
+    "v_head_dim": 16,
+    "max_position_embeddings": 256,
+    "sliding_window": 16,
+    "vocab_size": 128,
+    "vocab_size_per_layer_input": 128,
+}
+EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+TOP_K_KEYS = ("num_experts_per_tok", "top_k_experts", "moe_topk", "moe_k")
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+DROP_KEYS = ("quantization_config", "auto_map", "_name_or_path", "transformers_version")
+HEADS = 4
+
+
+def text_part(raw: dict) -> dict:
+    """The decoder's config: a multimodal config's ``text_config``, else the config itself."""
+    return copy.deepcopy(raw.get("text_config") or raw)
+
+
+def raw_max(raw: dict):
+    return text_part(raw).get("max_position_embeddings")
+
+
+def _first(d: dict, keys) -> str | None:
+    return next((k for k in keys if d.get(k) is not None), None)
+
+
+def shrink(raw: dict, *, layers: int = 2, num_experts: int | str | None = None,
+           top_k: int | None = None) -> dict:
+    """A tiny copy of the (text) config dict ``raw``."""
+    d = text_part(raw)
+    for k in DROP_KEYS:
+        d.pop(k, None)
+    rope = d.get("rope_scaling") or d.get("rope_parameters") or {}
+    for k, v in TINY.items():
+        if d.get(k) is not None:
+            d[k] = v
+    if isinstance(rope, dict) and "original_max_position_embeddings" in rope:
+        d["max_position_embeddings"] = raw_max(raw)  # YaRN checks it against its original length
+    if d.get("hidden_size_per_layer_input"):
+        d["hidden_size_per_layer_input"] = 16
+
+    heads, kv = d.get("num_attention_heads"), d.get("num_key_value_heads")
+    if heads:
+        d["num_attention_heads"] = HEADS
+        if kv:
+            d["num_key_value_heads"] = HEADS if kv == heads else 2  # keep MHA vs GQA
+        if d.get("num_global_key_value_heads"):
+            d["num_global_key_value_heads"] = 1 if d["num_global_key_value_heads"] < (kv or heads) else 2
+    if "head_dim" not in d and d.get("hidden_size") and heads:
+        d["head_dim"] = d["hidden_size"] // HEADS
+
+    _shrink_experts(d, num_experts, top_k)
+    _shrink_depth(d, layers)
+    vocab = d.get("vocab_size", TINY["vocab_size"])
+    for k in TOKEN_ID_KEYS:
+        v = d.get(k)
+        if isinstance(v, int) and v >= vocab:
+            d[k] = vocab - 1
+        elif isinstance(v, list):
+            d[k] = [min(t, vocab - 1) for t in v]
+    return d
+
+
+def _shrink_experts(d: dict, num_experts, top_k) -> None:
+    ek, kk = _first(d, EXPERT_COUNT_KEYS), _first(d, TOP_K_KEYS)
+    if ek is None:
+        return
+    real, k = d[ek], (d[kk] if kk else 1)
+    if top_k is not None:
+        k = top_k
+    if num_experts == "real":
+        n = real
+    elif num_experts is None:
+        n = min(real, max(4, 2 * k))
+    else:
+        n = int(num_experts)
+    if k > n:
+        raise ValueError(f"top-k {k} is larger than the number of experts {n}")
+    d[ek] = n
+    if kk:
+        d[kk] = k
+    # group-limited routing (DeepSeek-V3): keep it where the expert count allows
+    if d.get("n_group"):
+        if n % d["n_group"] or n // d["n_group"] < 2:
+            d["n_group"] = 2 if n % 2 == 0 and n >= 4 else 1
+        groups = d["n_group"]
+        per_group = n // groups
+        tg = min(d.get("topk_group") or groups, groups)
+        while tg * per_group < k:
+            tg += 1
+        d["topk_group"] = tg
+
+
+def _shrink_depth(d: dict, layers: int) -> None:
+    if d.get("first_k_dense_replace"):
+        d["first_k_dense_replace"] = 1  # keep one dense layer before the MoE layers
+        layers = max(layers, 2)
+    d["num_hidden_layers"] = layers
+    if isinstance(d.get("layer_types"), list) and d["layer_types"]:
+        d["layer_types"] = d["layer_types"][-layers:]  # keeps the pattern's last (full) layer
+    if isinstance(d.get("mlp_only_layers"), list):
+        d["mlp_only_layers"] = [i for i in d["mlp_only_layers"] if i < layers]
+    for k in ("max_window_layers", "num_nextn_predict_layers", "num_kv_shared_layers"):
+        if isinstance(d.get(k), int) and d[k] > 0:
+            d[k] = min(d[k], layers) if k == "max_window_layers" else 0

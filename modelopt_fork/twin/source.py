@@ -1,0 +1,43 @@
+"""Where a twin's config comes from: a bundled name, a model directory, or a config.json path.
+
+Only the config is read, never weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..series.errors import ForkError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+BUNDLED = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+DEFAULT = "gemma4-26b-a4b"
+
+
+def config_path(source: str | Path) -> Path:
+    """Resolve ``source`` to a config.json file."""
+    if isinstance(source, str) and source in BUNDLED:
+        return CONFIG_DIR / f"{source}.json"
+    path = Path(source)
+    if path.is_dir():
+        path = path / "config.json"
+    if path.is_file():
+        return path
+    raise ForkError(
+        f"no model config at {source!r}: give a bundled name ({', '.join(BUNDLED)}), "
+        "a model directory containing config.json, or a config.json path"
+    )
+
+
+def load_config_dict(source: str | Path) -> tuple[str, dict]:
+    """(display name, raw config dict) for ``source``."""
+    path = config_path(source)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ForkError(f"{path}: not valid JSON: {e}") from e
+    if not isinstance(raw, dict) or "model_type" not in raw:
+        raise ForkError(f"{path}: a Hugging Face config.json needs a 'model_type'")
+    name = path.stem if path.parent == CONFIG_DIR else str(path.parent)
+    return name, raw
