@@ -76,15 +76,19 @@ def run_cells_in(tree: Path, root: Path, cells, *, device: str, out_dir: Path, o
     cmd = [sys.executable, "-m", "modelopt_fork.matrix.worker", "--device", device, "--out", str(out_dir),
            "--cells", spec]
     results = []
-    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    # cwd: `python -m` puts the working directory first on sys.path, which must not be a
+    # checkout with its own modelopt/. stderr goes to a file (a pipe could fill and block).
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    log_path = Path(out_dir) / "worker.log"
+    with open(log_path, "w") as log_file, subprocess.Popen(
+            cmd, env=env, cwd=out_dir, stdout=subprocess.PIPE, stderr=log_file, text=True) as proc:
         for line in proc.stdout:
             if line.startswith("CELL "):
                 r = json.loads(line[5:])
                 results.append(r)
                 if on_result:
                     on_result(r)
-        err = proc.stderr.read()
     if proc.returncode != 0:
-        tail = "\n".join(err.strip().splitlines()[-6:])
+        tail = "\n".join(log_path.read_text(errors="replace").strip().splitlines()[-6:])
         raise ForkError(f"matrix worker for {tree} exited {proc.returncode}:\n{tail}")
     return results

@@ -1,0 +1,20 @@
+"""Generality: MoE architectures that are not bundled, given only as config.json, go through
+the twin builder and a matrix cell with no code changes."""
+
+from __future__ import annotations
+
+import pytest
+
+from _utils.devices import DEVICES
+from _utils.unbundled import UNBUNDLED, write_model_dir
+from modelopt_fork.matrix.cell import run_cell
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cfg", ["NVFP4_DEFAULT_CFG", "NVFP4_AWQ_LITE_CFG"])
+@pytest.mark.parametrize("name", sorted(UNBUNDLED))
+def test_unbundled_moe_from_config_json(name, cfg, device, tmp_path):
+    r = run_cell(str(write_model_dir(tmp_path, name)), cfg, "dark-experts", device=device,
+                 out_dir=tmp_path / "out", seed=1)
+    assert r.ok, f"{r.stage}: {r.error}\n{r.detail}"
+    assert r.dark_experts["pass0"] > 0
