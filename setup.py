@@ -32,6 +32,9 @@ FORK_EXTRAS = {
         "hypothesis>=6.100",
         "transformers>=4.57,<5.15",
         "accelerate>=1.0",
+        # independent NVFP4 cross-check (tests/checkpoint/test_compressed_tensors.py); 0.20 needs
+        # python >= 3.11 and brings only pydantic, loguru, psutil besides torch/transformers
+        "compressed-tensors>=0.20,<0.21; python_version >= '3.11'",
     ],
 }
 
