@@ -25,13 +25,13 @@ class Twin:
         return self.config.vocab_size
 
 
-def twin_config(source: str | Path, *, layers: int = 2, num_experts=None, top_k=None):
-    """The transformers config of the twin of ``source``."""
+def twin_config(source: str | Path, *, layers: int = 2, num_experts=None, top_k=None, widths: str = "tiny"):
+    """The transformers config of the twin of ``source`` (``widths``: see :func:`.shrink.shrink`)."""
     import transformers
     from transformers import CONFIG_MAPPING
 
     name, raw = load_config_dict(source)
-    d = shrink(raw, layers=layers, num_experts=num_experts, top_k=top_k)
+    d = shrink(raw, layers=layers, num_experts=num_experts, top_k=top_k, widths=widths)
     model_type = d.pop("model_type")
     if model_type not in CONFIG_MAPPING:
         raise ForkError(
@@ -44,14 +44,22 @@ def twin_config(source: str | Path, *, layers: int = 2, num_experts=None, top_k=
 
 
 def build_twin(source: str | Path, *, seed: int = 0, device: str = "cpu", dtype=torch.float32,
-               layers: int = 2, num_experts=None, top_k=None) -> Twin:
-    """Build the tiny twin of ``source`` (see :mod:`.source`) with weights from ``seed``."""
+               layers: int = 2, num_experts=None, top_k=None, widths: str = "tiny") -> Twin:
+    """Build the tiny twin of ``source`` (see :mod:`.source`) with weights from ``seed``.
+
+    ``widths="real"`` keeps the real layer widths (see :func:`.shrink.shrink`); such a twin is
+    large, so its weights are created directly on ``device`` in ``dtype``.
+    """
     import transformers
 
-    name, cfg = twin_config(source, layers=layers, num_experts=num_experts, top_k=top_k)
+    name, cfg = twin_config(source, layers=layers, num_experts=num_experts, top_k=top_k, widths=widths)
     torch.manual_seed(seed)
     try:
-        model = transformers.AutoModelForCausalLM.from_config(cfg)
+        if widths == "real":
+            with torch.device(device):
+                model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        else:
+            model = transformers.AutoModelForCausalLM.from_config(cfg)
     except ValueError as e:
         raise ForkError(f"{name}: transformers {transformers.__version__} has no causal LM for "
                         f"{type(cfg).__name__}: {e}") from e

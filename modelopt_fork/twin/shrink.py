@@ -7,6 +7,13 @@ vs full layers in the same order), gate/up naming. Shrunk: widths, depth, vocabu
 The number of experts defaults to ``max(4, 2*top_k)`` capped at the real count; pass
 ``num_experts="real"`` for the real count. Unknown keys are left alone, so an MoE that is
 not bundled but uses the usual key names works without code changes.
+
+``widths="real"`` keeps every width of the real model (hidden, intermediate and expert
+intermediate sizes, attention heads, head dims, LoRA ranks, positions, sliding window) and
+shrinks only depth and vocabulary (to ``REAL_WIDTHS_VOCAB``): a twin whose layers cost what
+the real model's layers cost, for timing and memory studies. The vocabulary only sizes the
+embedding and the LM head, which NVFP4 export does not quantize (``*lm_head*`` is disabled in
+the NVFP4 configs; embeddings are not linears) and copies once, independently of the experts.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ TOP_K_KEYS = ("num_experts_per_tok", "top_k_experts", "moe_topk", "moe_k")
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 DROP_KEYS = ("quantization_config", "auto_map", "_name_or_path", "transformers_version")
 HEADS = 4
+REAL_WIDTHS_VOCAB = 1024
+WIDTHS = ("tiny", "real")
 
 
 def text_part(raw: dict) -> dict:
@@ -54,8 +63,12 @@ def _first(d: dict, keys) -> str | None:
 
 
 def shrink(raw: dict, *, layers: int = 2, num_experts: int | str | None = None,
-           top_k: int | None = None) -> dict:
-    """A tiny copy of the (text) config dict ``raw``."""
+           top_k: int | None = None, widths: str = "tiny") -> dict:
+    """A tiny copy of the (text) config dict ``raw`` (``widths="real"``: real widths, see above)."""
+    if widths not in WIDTHS:
+        raise ValueError(f"widths must be one of {WIDTHS}, got {widths!r}")
+    if widths == "real":
+        return _shrink_real_widths(raw, layers=layers, num_experts=num_experts, top_k=top_k)
     d = text_part(raw)
     for k in DROP_KEYS:
         d.pop(k, None)
@@ -80,14 +93,30 @@ def shrink(raw: dict, *, layers: int = 2, num_experts: int | str | None = None,
 
     _shrink_experts(d, num_experts, top_k)
     _shrink_depth(d, layers)
-    vocab = d.get("vocab_size", TINY["vocab_size"])
+    _clip_token_ids(d, d.get("vocab_size", TINY["vocab_size"]))
+    return d
+
+
+def _shrink_real_widths(raw: dict, *, layers: int, num_experts, top_k) -> dict:
+    d = text_part(raw)
+    for k in DROP_KEYS:
+        d.pop(k, None)
+    for k in ("vocab_size", "vocab_size_per_layer_input"):
+        if d.get(k) is not None:
+            d[k] = min(d[k], REAL_WIDTHS_VOCAB)
+    _shrink_experts(d, num_experts, top_k)
+    _shrink_depth(d, layers)
+    _clip_token_ids(d, d.get("vocab_size", REAL_WIDTHS_VOCAB))
+    return d
+
+
+def _clip_token_ids(d: dict, vocab: int) -> None:
     for k in TOKEN_ID_KEYS:
         v = d.get(k)
         if isinstance(v, int) and v >= vocab:
             d[k] = vocab - 1
         elif isinstance(v, list):
             d[k] = [min(t, vocab - 1) for t in v]
-    return d
 
 
 def _shrink_experts(d: dict, num_experts, top_k) -> None:
