@@ -73,7 +73,8 @@ def pr_description(patch: PatchFile, st, pin: Pin, numstat: str, env_line: str) 
     fix = paragraphs[1:]
     base = f"the nvidia-modelopt {pin.version} release (the tree of `{pin.wheel}`)"
     if st.depends_on:
-        base += f" with the fork's {', '.join(st.depends_on)} applied first (send that change first)"
+        them = "that change" if len(st.depends_on) == 1 else "those changes"
+        base += f" with the fork's {', '.join(st.depends_on)} applied first (send {them} first)"
     rows = _numstat_rows(numstat)
     library = [r for r in rows if not r[0].startswith("tests/")]
     out = [f"# {summary}", "", "## What", "", what, ""]

@@ -75,8 +75,10 @@ def run_pytest(root: Path, ids: list[str], tree: Path | None, workdir: Path) -> 
             for tid in ids:
                 out.update(run_pytest(root, [tid], tree, workdir))
             return out
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
-        return {ids[0]: Outcome(Counter({"failed (collection error)": 1}), tail)}
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        raised = [ln[1:].strip() for ln in lines if ln.startswith("E   ")]  # pytest's "E   Error: ..." lines
+        detail = raised[-1] if raised else "\n".join(lines[-3:])
+        return {ids[0]: Outcome(Counter({"failed (collection error)": 1}), detail)}
     out = {tid: Outcome() for tid in ids}
     for case in ET.parse(xml).getroot().iter("testcase"):
         file = case.get("file", "")

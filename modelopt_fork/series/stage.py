@@ -236,6 +236,10 @@ def _run_tests(root: Path, pin: Pin, job: _Job, fork_tree: Path | None, work: Pa
     base_label = pin.requirement + (f" + {', '.join(st.depends_on)}" if st.depends_on else "")
     if st.upstream_tests:
         st.runs += _run_staged_tests(job.repo, job.base_rev, job.fix_rev, st.upstream_tests, pin, base_label, work)
+        green = [r for r in st.runs if r.tree.endswith("+ this change")]
+        if any(not set(r.outcome.counts) <= {"passed", "skipped"} for r in green):
+            st.notes.append(f"its upstream-style test does not pass on {base_label} + this change alone (see "
+                            "Validation): it may need another patch of the series, or hardware this run lacked")
     ours = [t for t in job.patch.tests if t.startswith("tests/")]
     if ours:
         res = run_pytest(root, ours, fork_tree, work)

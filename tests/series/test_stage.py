@@ -151,12 +151,20 @@ def _marker_edit(root: Path) -> None:
     test.write_text(MARKER_TEST)  # no license header: stage must add upstream's
 
 
+def _wrong_edit(root: Path) -> None:
+    append_line(str(INIT), "WRONG = 1")(root)
+    test = root / "upstream_tests" / "unit" / "test_wrong.py"
+    test.write_text(MARKER_TEST.replace("FORK_MARKER", "WRONG").replace("== 1", "== 2"))
+
+
 def test_stage_runs_tests_writes_description_and_skips_not_needed(fork_project, git_user, tmp_path):
     add_patch_by_edit(fork_project, "0001-marker.patch", _marker_edit, desc="Export FORK_MARKER",
                       test="upstream_tests/unit/test_marker.py")
     _forwarded(fork_project, "0001-marker.patch", "no")
     add_patch_by_edit(fork_project, "0002-local.patch", append_line(str(INIT), "LOCAL = 2"))  # not-needed
-    staged, skipped = stage(fork_project, None, tmp_path / "out", log=quiet)
+    add_patch_by_edit(fork_project, "0003-wrong.patch", _wrong_edit, test="upstream_tests/unit/test_wrong.py")
+    _forwarded(fork_project, "0003-wrong.patch", "no")
+    staged, skipped, wrong = stage(fork_project, None, tmp_path / "out", log=quiet)
     assert skipped.skipped.startswith("Forwarded: not-needed") and skipped.mbox is None
     assert not (tmp_path / "out" / "0002-local.mbox").exists()
     assert staged.notes == ["tests/unit/test_marker.py: added upstream's Apache-2.0 SPDX header"]
@@ -173,6 +181,16 @@ def test_stage_runs_tests_writes_description_and_skips_not_needed(fork_project, 
     assert "python -m pytest tests/unit/test_marker.py" in md
     assert "| `tests/unit/test_marker.py` | nvidia-modelopt==0.47.0 + this change | 1 passed |" in md
     assert "without the fix | 1 failed (first failure: `AttributeError" in md
+
+    # 0003 appends below the lines 0001 and 0002 append: staged on top of them, and the description says so
+    assert wrong.depends_on == ["0001-marker.patch", "0002-local.patch"]
+    wrong_md = wrong.markdown.read_text()
+    assert "with the fork's 0001-marker.patch, 0002-local.patch applied first (send those changes first)" in wrong_md
+    # a staged test that fails even with its change is flagged, not passed off as validation
+    assert [r.outcome.counts for r in wrong.runs] == [{"failed": 1}, {"failed": 1}]
+    base = "nvidia-modelopt==0.47.0 + 0001-marker.patch, 0002-local.patch"
+    assert any(f"does not pass on {base} + this change alone" in n for n in wrong.notes), wrong.notes
+    assert "> note: its upstream-style test does not pass" in wrong_md
 
 
 def test_stage_requires_a_git_identity(fork_project, monkeypatch, tmp_path):
