@@ -9,7 +9,10 @@ from pathlib import Path
 
 import torch
 
-STAGES = ("build", "calibrate", "forward", "export", "check")
+STAGES = ("build", "calibrate", "forward", "export", "check", "validate", "reference")
+# stages after "check" that a caller may leave out (e.g. for upstream releases whose export
+# internals the reference stage relies on do not exist)
+OPTIONAL_STAGES = ("validate", "reference")
 
 
 @dataclass
@@ -23,6 +26,8 @@ class CellResult:
     stage: str = ""  # the stage that failed ("" when ok)
     error: str = ""  # first line of the failure
     dark_experts: dict = field(default_factory=dict)  # calibration pass -> unrouted experts
+    passed: list = field(default_factory=list)  # stages that passed, in order
+    info: dict = field(default_factory=dict)  # per stage: figures (scales, agreement, ...)
     cosine_vs_original: float | None = None
     seconds: float = 0.0
     detail: str = ""  # full traceback or problem list of a failure
@@ -34,6 +39,73 @@ class CellResult:
 def first_line(e: BaseException) -> str:
     msg = str(e).strip().splitlines()
     return f"{type(e).__name__}: {msg[0] if msg else ''}"[:240]
+
+
+class StageFailure(Exception):
+    """A stage's checks found problems (listed); not an exception of the code under test."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__(problems[0])
+        self.problems = problems
+
+
+def fake_as_exported(model, ids: torch.Tensor) -> torch.Tensor:
+    """Logits of a copy of the calibrated model after export's pre-packing steps.
+
+    Export unifies the scales of linears sharing an input, folds AWQ pre_quant_scale and
+    fills uncalibrated expert inputs before packing; the checkpoint holds that model, so
+    the reference runtime is compared with it (see tests/reference/test_runtime.py).
+    """
+    import copy
+
+    from modelopt.torch.export.unified_export_hf import (
+        _prepare_moe_inputs,
+        requantize_resmooth_fused_llm_layers,
+    )
+
+    m = copy.deepcopy(model)
+    _prepare_moe_inputs(m, torch.float32, False)
+    requantize_resmooth_fused_llm_layers(m)
+    with torch.no_grad():
+        return m(ids).logits.float().cpu()
+
+
+# Reference runtime vs the fake-quantized model as exported. CPU: the same float32
+# operations in the same order, so bit-exact (tests/reference/test_runtime.py). CUDA: the
+# Triton fake quant divides approximately (<= 2 ulp), so an element near an E2M1/FP8
+# rounding boundary may take the neighbouring code: 2% of the largest logit and cosine
+# > 0.999 (a wrong scale or misplaced expert moves logits by their own size).
+def reference_agreement(ckpt: Path, as_exported, original, ids, device: str) -> dict:
+    from ..reference.compare import compare
+
+    r = compare(ckpt, as_exported, ids, original.cpu(), device=device)
+    vs = r["vs_fake"]
+    if device == "cpu" and not vs["bit_exact"]:
+        raise StageFailure([f"reference runtime logits differ from the fake-quantized model as "
+                            f"exported: max abs {vs['max_abs_err']:.3g}, cosine {vs['cosine']:.6f} "
+                            "(expected bit-exact on CPU)"])
+    if device != "cpu" and not (vs["max_abs_err"] <= 0.02 * vs["max_abs_ref"] and vs["cosine"] > 0.999):
+        raise StageFailure([f"reference runtime logits differ from the fake-quantized model as "
+                            f"exported: max abs {vs['max_abs_err']:.3g} of {vs['max_abs_ref']:.3g}, "
+                            f"cosine {vs['cosine']:.6f}"])
+    return {"vs_fake_max_abs": vs["max_abs_err"], "vs_fake_bit_exact": vs["bit_exact"],
+            "vs_original_cosine": r["vs_original"]["cosine"],
+            "vs_original_max_abs": r["vs_original"]["max_abs_err"]}
+
+
+def scale_stats(ckpt: Path) -> dict:
+    """Ranges of the exported per-tensor scales (what preflight reports)."""
+    from .checks import load_tensors
+
+    t = load_tensors(ckpt)
+    out = {}
+    for suffix in ("input_scale", "weight_scale_2"):
+        vals = [x.float().reshape(()) for k, x in t.items() if k.endswith(suffix) and x.numel() == 1]
+        if vals:
+            v = torch.stack(vals)
+            out[suffix] = {"count": v.numel(), "min": v.min().item(), "max": v.max().item()}
+    out["quantized_weights"] = sum(1 for k, x in t.items() if k.endswith(".weight") and x.dtype == torch.uint8)
+    return out
 
 
 def _coverage(twin, scenario) -> dict:
@@ -51,8 +123,12 @@ def _coverage(twin, scenario) -> dict:
 
 
 def run_cell(arch: str, cfg: str, scenario: str, *, device: str = "cpu", out_dir: Path,
-             seed: int = 0, num_experts=None, extra_checks=None) -> CellResult:
-    """Run one cell. Never raises for a failure of the code under test: the result says it."""
+             seed: int = 0, num_experts=None, stages=OPTIONAL_STAGES, on_stage=None) -> CellResult:
+    """Run one cell. Never raises for a failure of the code under test: the result says it.
+
+    ``stages``: which of OPTIONAL_STAGES run after the structural check. ``on_stage(name)``
+    is called as each stage starts (progress display).
+    """
     import transformers
 
     from ..twin import build_twin
@@ -60,7 +136,17 @@ def run_cell(arch: str, cfg: str, scenario: str, *, device: str = "cpu", out_dir
 
     res = CellResult(arch, cfg, scenario, device, transformers.__version__)
     t0 = time.perf_counter()
-    stage = "build"
+    stage = ""
+
+    def begin(name):
+        nonlocal stage
+        if stage:
+            res.passed.append(stage)
+        stage = name
+        if on_stage:
+            on_stage(name)
+
+    begin("build")
     try:
         twin = build_twin(arch, seed=seed, device=device, num_experts=num_experts)
         scen = make(scenario, twin, seed=seed)
@@ -70,37 +156,48 @@ def run_cell(arch: str, cfg: str, scenario: str, *, device: str = "cpu", out_dir
         with torch.no_grad():
             original = twin.model(ids).logits.float()
 
-        stage = "calibrate"
+        begin("calibrate")
         import modelopt.torch.quantization as mtq
 
         mtq.quantize(twin.model, getattr(mtq, cfg), scen.forward_loop)
         scen.after_calibration(twin)
 
-        stage = "forward"
+        begin("forward")
         with torch.no_grad():
             fake = twin.model(ids).logits.float()
         if not torch.isfinite(fake).all():
             raise AssertionError("fake-quantized logits are not finite")
         res.cosine_vs_original = float(torch.nn.functional.cosine_similarity(
             fake.flatten(), original.flatten(), dim=0))
+        as_exported = fake_as_exported(twin.model, ids) if "reference" in stages else None
 
-        stage = "export"
+        begin("export")
         from modelopt.torch.export import export_hf_checkpoint
 
         ckpt = Path(out_dir) / "ckpt"
         export_hf_checkpoint(twin.model, export_dir=ckpt)
 
-        stage = "check"
+        begin("check")
         from .checks import structural_problems
 
         problems = structural_problems(ckpt, cfg, [b.experts_name for b in twin.moe_blocks])
-        for check in extra_checks or ():
-            problems += check(ckpt, twin, ids, fake)
         if problems:
-            res.error, res.detail = problems[0][:240], "\n".join(problems)
-            res.stage = stage
-        else:
-            res.ok = True
+            raise StageFailure(problems)
+        res.info["check"] = scale_stats(ckpt)
+        if "validate" in stages:
+            begin("validate")
+            from ..checkpoint.validate import validate_checkpoint
+
+            violations = validate_checkpoint(ckpt)
+            if violations:
+                raise StageFailure([v.format() for v in violations])
+        if "reference" in stages:
+            begin("reference")
+            res.info["reference"] = reference_agreement(ckpt, as_exported, original, ids, device)
+        res.passed.append(stage)
+        res.ok = True
+    except StageFailure as e:
+        res.stage, res.error, res.detail = stage, e.problems[0][:240], "\n".join(e.problems)
     except Exception as e:  # noqa: BLE001 -- a cell reports, the matrix goes on
         res.stage, res.error, res.detail = stage, first_line(e), traceback.format_exc()
     res.seconds = round(time.perf_counter() - t0, 2)

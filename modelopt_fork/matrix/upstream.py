@@ -57,9 +57,14 @@ def upstream_tree(root: Path, version: str, patches: tuple[str, ...] = (), log=p
             else:
                 shutil.copytree(ensure_pristine(root, pin, log), tmp / "t")
         else:
-            if patches:
-                raise ForkError(f"--with applies our patches to {pin.version} only, not {version}")
             unpack(upstream_wheel(root, version, log), tmp / "t", tuple(pin.packages))
+            if patches:
+                from ..series.apply import apply_patch
+                from ..series.seriesfile import load_series
+
+                series = load_series(root)
+                for name in patches:  # our patches are written against the pin: no fuzz, or an error
+                    apply_patch(name, series.path(name).read_text(encoding="utf-8"), tmp / "t")
         (tmp / "t" / ".complete").write_text(version + "\n")
         base.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp / "t", base)
@@ -68,13 +73,14 @@ def upstream_tree(root: Path, version: str, patches: tuple[str, ...] = (), log=p
     return base
 
 
-def run_cells_in(tree: Path, root: Path, cells, *, device: str, out_dir: Path, on_result=None) -> list[dict]:
+def run_cells_in(tree: Path, root: Path, cells, *, device: str, out_dir: Path, on_result=None,
+                 stages=("validate", "reference")) -> list[dict]:
     """Run ``cells`` in a subprocess that imports modelopt from ``tree``; the results as dicts."""
     env = dict(os.environ, **{TREE_ENV: str(tree)})
     env["PYTHONPATH"] = os.pathsep.join([str(tree), str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     spec = json.dumps([list(c) for c in cells])
     cmd = [sys.executable, "-m", "modelopt_fork.matrix.worker", "--device", device, "--out", str(out_dir),
-           "--cells", spec]
+           "--stages", ",".join(stages), "--cells", spec]
     results = []
     # cwd: `python -m` puts the working directory first on sys.path, which must not be a
     # checkout with its own modelopt/. stderr goes to a file (a pipe could fill and block).

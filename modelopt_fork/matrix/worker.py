@@ -18,6 +18,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cells", required=True)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--stages", default="validate,reference", help="optional stages to run (comma list)")
     args = ap.parse_args(argv)
 
     import modelopt
@@ -29,7 +30,8 @@ def main(argv=None) -> int:
     from .cell import run_cell
 
     for i, (arch, cfg, scenario) in enumerate(json.loads(args.cells)):
-        r = run_cell(arch, cfg, scenario, device=args.device, out_dir=args.out / f"cell{i}")
+        stages = tuple(x for x in args.stages.split(",") if x)
+        r = run_cell(arch, cfg, scenario, device=args.device, out_dir=args.out / f"cell{i}", stages=stages)
         print("CELL " + json.dumps(r.to_dict()), flush=True)
     return 0
 
