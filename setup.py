@@ -24,6 +24,9 @@ UPSTREAM = read_metadata(ensure_pristine(ROOT, PIN), PIN)
 # What modelopt_fork itself needs at run time (the materializer, check, refresh).
 TOOLING_REQUIRES = ["packaging>=23", "unidiff>=0.7", "tomli>=1.1; python_version < '3.11'"]
 FORK_EXTRAS = {
+    # `modelopt-fork preflight` / `matrix`: tiny twins need transformers (upstream lists it only
+    # in the heavy "hf" extra); modelopt 0.47 supports transformers < 5.15.
+    "preflight": ["transformers>=4.57,<5.15"],
     # Our test gate (CPU). torch is not listed: install the CPU build first
     # (`pip install torch==2.13.0`), a bare requirement pulls a CUDA build.
     "fork-test": [
