@@ -26,6 +26,7 @@ def register(sub) -> None:
     p.add_argument("--cfg", action="append", default=None)
     p.add_argument("--write", type=Path, default=None, help="write the Markdown report to this file")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--jobs", type=int, default=1, help="releases run side by side (one subprocess each)")
     p.set_defaults(func=run)
 
 
@@ -51,25 +52,33 @@ def run(args) -> int:
     cells = all_cells(args.arch or archs(), args.cfg, args.scenario or GATE_SCENARIOS)
     patches = (CPU_PATCH,) if args.device == "cpu" else ()
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    runs = []  # (label, results or None, error)
     targets = [(v, True) for v in args.versions] + [("fork", False)]
     bar = tqdm(total=len(cells) * len(targets), desc="gate", unit="cell", file=sys.stderr)
+    materialize(args.root, log=log)  # the fork's own tree, up to date
+
+    def one(i, version, upstream, tmp):
+        label = (f"nvidia-modelopt {version}" + (f" + {patches[0][:4]}" if patches else "")) if upstream else "fork"
+        try:
+            tree = upstream_tree(args.root, version, patches, log=log) if upstream else args.root
+            res = run_cells_in(tree, args.root, cells, device=args.device, out_dir=Path(tmp) / str(i),
+                               stages=("validate",), on_result=lambda r: bar.update())
+            return label, res, ""
+        except ForkError as e:
+            bar.update(len(cells))
+            return label, None, " ".join(str(e).strip().splitlines()[:2])[:200]
+
+    from concurrent.futures import ThreadPoolExecutor
+
     with tempfile.TemporaryDirectory(prefix="modelopt-fork-gate-") as tmp:
-        for i, (version, upstream) in enumerate(targets):
-            label = (f"nvidia-modelopt {version}" + (f" + {patches[0][:4]}" if patches else "")) if upstream \
-                else "fork"
-            try:
-                if upstream:
-                    tree = upstream_tree(args.root, version, patches, log=log)
-                else:
-                    materialize(args.root, log=log)
-                    tree = args.root
-                res = run_cells_in(tree, args.root, cells, device=args.device, out_dir=Path(tmp) / str(i),
-                                   stages=("validate",), on_result=lambda r: bar.update())
-                runs.append((label, res, ""))
-            except ForkError as e:
-                bar.update(len(cells))
-                runs.append((label, None, str(e).strip().splitlines()[-1][:200]))
+        # trees first, one at a time (they share the cache), then the cells side by side
+        for version, upstream in targets:
+            if upstream:
+                try:
+                    upstream_tree(args.root, version, patches, log=log)
+                except ForkError:
+                    pass  # reported by one() below
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            runs = list(pool.map(lambda a: one(*a, tmp), [(i, v, u) for i, (v, u) in enumerate(targets)]))
     bar.close()
     head = (f"# Version gate: transformers {transformers_line()}, {args.device}\n\n"
             f"Cells: {len(cells)} (architectures x configs x scenarios {', '.join(args.scenario or GATE_SCENARIOS)});"
