@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -56,8 +57,6 @@ def fake_as_exported(model, ids: torch.Tensor) -> torch.Tensor:
     fills uncalibrated expert inputs before packing; the checkpoint holds that model, so
     the reference runtime is compared with it (see tests/reference/test_runtime.py).
     """
-    import copy
-
     from modelopt.torch.export.unified_export_hf import (
         _prepare_moe_inputs,
         requantize_resmooth_fused_llm_layers,
@@ -70,24 +69,18 @@ def fake_as_exported(model, ids: torch.Tensor) -> torch.Tensor:
         return m(ids).logits.float().cpu()
 
 
-# Reference runtime vs the fake-quantized model as exported. CPU: the same float32
-# operations in the same order, so bit-exact (tests/reference/test_runtime.py). CUDA: the
-# Triton fake quant divides approximately (<= 2 ulp), so an element near an E2M1/FP8
-# rounding boundary may take the neighbouring code: 2% of the largest logit and cosine
-# > 0.999 (a wrong scale or misplaced expert moves logits by their own size).
-def reference_agreement(ckpt: Path, as_exported, original, ids, device: str) -> dict:
+# Reference runtime vs the fake-quantized model as exported, both on CPU: the same float32
+# operations in the same order, so bit-exact (tests/reference/test_runtime.py). A checkpoint
+# exported on CUDA is checked the same way (its calibrated model is copied to CPU).
+def reference_agreement(ckpt: Path, as_exported, original, ids) -> dict:
     from ..reference.compare import compare
 
-    r = compare(ckpt, as_exported, ids, original.cpu(), device=device)
+    r = compare(ckpt, as_exported, ids, original, device="cpu")
     vs = r["vs_fake"]
-    if device == "cpu" and not vs["bit_exact"]:
-        raise StageFailure([f"reference runtime logits differ from the fake-quantized model as "
-                            f"exported: max abs {vs['max_abs_err']:.3g}, cosine {vs['cosine']:.6f} "
-                            "(expected bit-exact on CPU)"])
-    if device != "cpu" and not (vs["max_abs_err"] <= 0.02 * vs["max_abs_ref"] and vs["cosine"] > 0.999):
+    if not vs["bit_exact"]:
         raise StageFailure([f"reference runtime logits differ from the fake-quantized model as "
                             f"exported: max abs {vs['max_abs_err']:.3g} of {vs['max_abs_ref']:.3g}, "
-                            f"cosine {vs['cosine']:.6f}"])
+                            f"cosine {vs['cosine']:.6f} (expected bit-exact on CPU)"])
     return {"vs_fake_max_abs": vs["max_abs_err"], "vs_fake_bit_exact": vs["bit_exact"],
             "vs_original_cosine": r["vs_original"]["cosine"],
             "vs_original_max_abs": r["vs_original"]["max_abs_err"]}
@@ -169,7 +162,18 @@ def run_cell(arch: str, cfg: str, scenario: str, *, device: str = "cpu", out_dir
             raise AssertionError("fake-quantized logits are not finite")
         res.cosine_vs_original = float(torch.nn.functional.cosine_similarity(
             fake.flatten(), original.flatten(), dim=0))
-        as_exported = fake_as_exported(twin.model, ids) if "reference" in stages else None
+        as_exported = None
+        if "reference" in stages:
+            # The reference runtime emulates the CPU fake quant exactly; on CUDA the calibrated
+            # model is copied to CPU for that comparison (the Triton kernel rounds divisions
+            # approximately, tests/gpu/RESULTS.md), and the CUDA-vs-CPU gap is reported.
+            cpu_model = twin.model if device == "cpu" else copy.deepcopy(twin.model).cpu()
+            as_exported = fake_as_exported(cpu_model, ids.cpu())
+            if device != "cpu":
+                with torch.no_grad():
+                    gap = (fake.cpu() - cpu_model(ids.cpu()).logits.float()).abs().max().item()
+                res.info["cuda_vs_cpu_fake_max_abs"] = gap
+                del cpu_model
 
         begin("export")
         from modelopt.torch.export import export_hf_checkpoint
@@ -193,7 +197,7 @@ def run_cell(arch: str, cfg: str, scenario: str, *, device: str = "cpu", out_dir
                 raise StageFailure([v.format() for v in violations])
         if "reference" in stages:
             begin("reference")
-            res.info["reference"] = reference_agreement(ckpt, as_exported, original, ids, device)
+            res.info["reference"] = reference_agreement(ckpt, as_exported, original.cpu(), ids.cpu())
         res.passed.append(stage)
         res.ok = True
     except StageFailure as e:
