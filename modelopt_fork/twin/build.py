@@ -65,10 +65,30 @@ def build_twin(source: str | Path, *, seed: int = 0, device: str = "cpu", dtype=
                         f"{type(cfg).__name__}: {e}") from e
     cfg.architectures = [type(model).__name__]
     model = model.to(device=device, dtype=dtype).eval()
+    for config in {id(c): c for c in (cfg, model.config)}.values():
+        _set_config_dtype(config, dtype)
     blocks = find_moe_blocks(model)
     if not blocks:
         raise ForkError(f"{name}: the twin ({type(model).__name__}) has no MoE block with experts")
     return Twin(name=name, model=model, config=cfg, moe_blocks=blocks)
+
+
+def _set_config_dtype(config, dtype: torch.dtype) -> None:
+    """Make ``config`` (and its sub-configs) say ``dtype``, the dtype the twin's weights are in.
+
+    ``from_config`` creates the weights in the real config's dtype (e.g. bfloat16) and
+    ``model.to(dtype)`` converts them without touching the config, whereas transformers'
+    loaders keep ``config.dtype`` equal to the weights' dtype. ModelOpt's export takes
+    ``config.dtype`` as the checkpoint dtype and packs ``weight.to(that dtype)``: a float32
+    twin that still says bfloat16 gets its AWQ-smoothed weights (float32 products, not
+    bfloat16 values) rounded to bfloat16 before NVFP4 rounding, so the checkpoint no longer
+    holds the calibrated model (elements near an E2M1 boundary move by one step).
+    """
+    config.dtype = dtype
+    for key in getattr(config, "sub_configs", None) or {}:
+        sub = getattr(config, key, None)
+        if sub is not None:
+            sub.dtype = dtype
 
 
 def calib_ids(vocab: int, *, seed: int = 0, batch: int = 4, seq: int = 32) -> torch.Tensor:

@@ -42,6 +42,24 @@ def test_bundled_twin_keeps_class_layout_and_routing(name):
     assert sum(p.numel() for p in twin.model.parameters()) < 2_000_000
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", AVAILABLE)
+def test_config_dtype_is_the_weights_dtype(name, dtype):
+    """The twin's config says the dtype its weights are in, as transformers' loaders keep it.
+
+    Every bundled config says bfloat16; a float32 twin whose config still said so was exported
+    as bfloat16 weights (ModelOpt packs ``weight.to(config.dtype)``), see
+    tests/reference/test_runtime.py::test_reference_matches_fake_quant_on_bundled_twins.
+    """
+    twin = build_twin(name, seed=0, dtype=dtype)
+    assert {p.dtype for p in twin.model.parameters()} == {dtype}
+    for config in (twin.config, twin.model.config):
+        assert config.dtype == dtype, f"{name}: config.dtype {config.dtype} but weights {dtype}"
+        for key in config.sub_configs:
+            sub = getattr(config, key, None)
+            assert sub is None or sub.dtype == dtype, f"{name}: {key}.dtype {sub.dtype} but weights {dtype}"
+
+
 @pytest.mark.parametrize("name", AVAILABLE)
 def test_real_expert_count(name):
     _, experts, top_k = EXPECTED[name]
