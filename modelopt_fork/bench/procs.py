@@ -19,6 +19,9 @@ from pathlib import Path
 TREE_ENV = "MODELOPT_FORK_TREE"
 PREFIX = "RESULT "
 PROGRESS = "PROGRESS "
+# NVLink multicast stays off in every worker (shared GPU hosts: a program using it can take the
+# host's GPUs out of service); set explicitly, whatever the parent's environment says.
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 def absolute_pythonpath(value: str | None, cwd: Path) -> list[str]:
@@ -35,10 +38,12 @@ def absolute_pythonpath(value: str | None, cwd: Path) -> list[str]:
 def worker_env(root: Path, tree: Path | None = None, *, base: dict | None = None, cwd: Path | None = None) -> dict:
     """Environment of a worker: ``modelopt`` from ``tree`` (pristine upstream) or from ``root`` (the fork).
 
-    ``root`` stays on the path in both cases, for ``modelopt_fork`` (the twin builder).
+    ``root`` stays on the path in both cases, for ``modelopt_fork`` (the twin builder). NVLink
+    multicast is switched off (:data:`NO_MULTICAST`).
     """
     env = dict(os.environ if base is None else base)
     env.pop(TREE_ENV, None)
+    env.update(NO_MULTICAST)
     first = [str(Path(tree).resolve())] if tree else []
     rest = absolute_pythonpath(env.get("PYTHONPATH"), Path(cwd or os.getcwd()))
     entries = []

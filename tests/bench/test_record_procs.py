@@ -7,7 +7,7 @@ import os
 import sys
 
 from modelopt_fork.bench.measure import phase, stats
-from modelopt_fork.bench.procs import TREE_ENV, absolute_pythonpath, run_worker, worker_env
+from modelopt_fork.bench.procs import NO_MULTICAST, TREE_ENV, absolute_pythonpath, run_worker, worker_env
 from modelopt_fork.bench.record import Recorder
 
 
@@ -35,12 +35,18 @@ def test_relative_pythonpath_is_made_absolute(tmp_path):
 
 def test_worker_env_puts_the_tree_first(tmp_path):
     root, tree = tmp_path / "root", tmp_path / "tree"
-    base = {"PYTHONPATH": os.pathsep.join([".devsite", "/x"]), TREE_ENV: "/stale"}
+    base = {"PYTHONPATH": os.pathsep.join([".devsite", "/x"]), TREE_ENV: "/stale", "NCCL_NVLS_ENABLE": "1"}
     up = worker_env(root, tree, base=base, cwd=tmp_path)
     assert up["PYTHONPATH"].split(os.pathsep) == [str(tree), str(root), str(tmp_path / ".devsite"), "/x"]
     assert up[TREE_ENV] == str(tree)
     fork = worker_env(root, None, base=base, cwd=tmp_path)
     assert fork["PYTHONPATH"].split(os.pathsep)[0] == str(root) and TREE_ENV not in fork
+    for env in (up, fork):
+        assert {k: env[k] for k in NO_MULTICAST} == {
+            "NCCL_NVLS_ENABLE": "0",
+            "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+            "NVSHMEM_DISABLE_NVLS": "1",
+        }
 
 
 def test_run_worker_streams_results_and_logs_the_rest(tmp_path, capsys):
