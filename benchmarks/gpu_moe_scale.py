@@ -464,7 +464,15 @@ def summarize(records: list[dict]) -> dict:
                 reps=len(rs),
                 **{
                     m: stats(r.get(m) for r in rs)
-                    for m in ("calibrate_s", "export_s", "calibrate_peak_gib", "export_peak_gib", "build_s")
+                    for m in (
+                        "calibrate_s",
+                        "export_s",
+                        "calibrate_peak_gib",
+                        "export_peak_gib",
+                        "build_s",
+                        "calibrate_gc_s",
+                        "export_gc_s",
+                    )
                 },
                 errors=sorted({r.get("calibrate_error") or r.get("export_error") for r in errs}),
             )
@@ -489,14 +497,25 @@ def summarize(records: list[dict]) -> dict:
     for arch in sorted({r["arch"] for r in records if r.get("part") == "sweep"}):
         pts = {}
         for e in sorted({r["experts"] for r in _timed(records, part="sweep", arch=arch)}):
-            v = stats(r.get("export_s") for r in _timed(records, part="sweep", arch=arch, experts=e))
-            c = stats(r.get("calibrate_s") for r in _timed(records, part="sweep", arch=arch, experts=e))
-            m = stats(r.get("export_peak_gib") for r in _timed(records, part="sweep", arch=arch, experts=e))
+            rs = _timed(records, part="sweep", arch=arch, experts=e)
+            v = stats(r.get("export_s") for r in rs)
             if v:
-                pts[e] = dict(export_s=v, calibrate_s=c, export_peak_gib=m)
+                pts[e] = dict(
+                    export_s=v,
+                    export_gc_s=stats(r.get("export_gc_s") for r in rs),
+                    export_gc_full=stats(r.get("export_gc_full") for r in rs),
+                    export_without_gc_s=stats(
+                        r["export_s"] - r.get("export_gc_s", 0.0) for r in rs if r.get("export_s") is not None
+                    ),
+                    calibrate_s=stats(r.get("calibrate_s") for r in rs),
+                    export_peak_gib=stats(r.get("export_peak_gib") for r in rs),
+                )
         entry = dict(points=pts)
         if len(pts) >= 2:
             entry["scaling"] = analyse({e: p["export_s"]["median"] for e, p in pts.items()}).to_dict()
+            entry["scaling_without_gc"] = analyse(
+                {e: p["export_without_gc_s"]["median"] for e, p in pts.items()}
+            ).to_dict()
         out["sweep"][arch] = entry
     return out
 
@@ -514,7 +533,7 @@ def print_tables(summary: dict, records: list[dict]) -> None:
     if summary["cells"]:
         print(
             "\n| arch | cfg | impl | reps | calibrate s (median/min) | export s (median/min) | "
-            "calib peak GiB | export peak GiB | errors |"
+            "calib / export peak GiB | calib / export GC s | errors |"
         )
         print("|---|---|---|---:|---:|---:|---:|---:|---|")
         for c in summary["cells"]:
@@ -522,7 +541,8 @@ def print_tables(summary: dict, records: list[dict]) -> None:
                 f"| {c['arch']} | {c['cfg']} | {c['impl']} | {c['reps']} | "
                 f"{_f(c['calibrate_s'].get('median'))} / {_f(c['calibrate_s'].get('min'))} | "
                 f"{_f(c['export_s'].get('median'))} / {_f(c['export_s'].get('min'))} | "
-                f"{_f(c['calibrate_peak_gib'].get('max'))} | {_f(c['export_peak_gib'].get('max'))} | "
+                f"{_f(c['calibrate_peak_gib'].get('max'))} / {_f(c['export_peak_gib'].get('max'))} | "
+                f"{_f(c['calibrate_gc_s'].get('median'))} / {_f(c['export_gc_s'].get('median'))} | "
                 f"{'; '.join(c['errors'])} |"
             )
     if summary["ratios"]:
@@ -542,25 +562,30 @@ def print_tables(summary: dict, records: list[dict]) -> None:
     for arch, s in summary["sweep"].items():
         print(f"\nexport vs experts, {arch} (fork; median of repeats)")
         print(
-            "| experts | reps | export s | export s / expert (ms) | marginal ms / expert | calibrate s | "
-            "export peak GiB |"
+            "| experts | reps | export s | ms / expert | marginal ms / expert | GC s (full GCs) | "
+            "marginal without GC | calibrate s | export peak GiB |"
         )
-        print("|---:|---:|---:|---:|---:|---:|---:|")
-        sc = s.get("scaling") or {}
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        sc, sg = s.get("scaling") or {}, s.get("scaling_without_gc") or {}
         for i, (e, p) in enumerate(sorted(s["points"].items(), key=lambda kv: int(kv[0]))):
-            marg = sc.get("marginal_ms", [None] * (i + 1))[i] if sc else None
+            marg = sc["marginal_ms"][i] if sc else None
+            marg_g = sg["marginal_ms"][i] if sg else None
             print(
                 f"| {e} | {p['export_s']['n']} | {_f(p['export_s']['median'])} | "
                 f"{_f(1000 * p['export_s']['median'] / int(e), '.1f')} | {_f(marg, '.1f')} | "
-                f"{_f(p['calibrate_s'].get('median'))} | {_f(p['export_peak_gib'].get('max'))} |"
+                f"{_f(p['export_gc_s'].get('median'))} ({_f(p['export_gc_full'].get('max'), '.0f')}) | "
+                f"{_f(marg_g, '.1f')} | {_f(p['calibrate_s'].get('median'))} | "
+                f"{_f(p['export_peak_gib'].get('max'))} |"
             )
-        if sc:
-            verdict = {True: "within", False: "NOT within", None: "undecided"}[sc["within"]]
-            print(
-                f"fit: {sc['fit_fixed_s']:.2f} s + {sc['fit_slope_ms']:.1f} ms x experts; marginal costs spread "
-                f"{_f(sc['marginal_spread'], '.1%') if sc['marginal_spread'] is not None else '-'} -> {verdict} "
-                f"+-{sc['tolerance']:.0%}" + (f" ({'; '.join(sc['notes'])})" if sc["notes"] else "")
-            )
+        for label, x in (("export", sc), ("export without GC", sg)):
+            if x:
+                verdict = {True: "within", False: "NOT within", None: "undecided"}[x["within"]]
+                spread = _f(x["marginal_spread"], ".1%") if x["marginal_spread"] is not None else "-"
+                print(
+                    f"{label}: {x['fit_fixed_s']:.2f} s + {x['fit_slope_ms']:.1f} ms x experts; marginal cost "
+                    f"spread {spread}, {x['trend']} -> {verdict} +-{x['tolerance']:.0%}"
+                    + (f" ({'; '.join(x['notes'])})" if x["notes"] else "")
+                )
     failed = [r for r in records if r.get("part") == "worker"]
     for r in failed:
         print(f"worker {r['label']}: {r['error']}")
