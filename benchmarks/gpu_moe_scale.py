@@ -38,19 +38,22 @@ checked on the marginal costs (``modelopt_fork.bench.scaling``). Rounds are take
 count first, then repeated, so a time limit leaves a complete curve.
 
 **CPU profile of the export path** (2026-11-22, this repository's 2-core CPU machine, torch
-2.13 CPU, transformers 5.14.1, fork 0001-0006, NVFP4_DEFAULT, 2 layers; cProfile, top
-functions by cumulative time; details in BENCHMARKS.md):
+2.13 CPU, transformers 5.14.1, fork 0001-0006, NVFP4_DEFAULT, 2 layers; cProfile, functions
+by cumulative time, call counts compared across expert counts; figures in BENCHMARKS.md):
 
 * Real Qwen3-30B-A3B widths, 8/16/32 experts, 1 thread: export 10.4 / 15.3 / 26.3 s, marginal
-  cost 0.61 and 0.69 s per expert (within 12%). All of it is tensor work in
-  ``NVFP4QTensor._cast_fp4`` (``torch.searchsorted`` 62%, ``torch.any``) and the block amax
-  (``torch.amax``/``amin``) of ``get_weights_scaling_factor``; no Python per-expert overhead
-  of note.
-* Tiny widths (hidden 64), 8..256 experts, 1 thread: 0.19 / 0.55 / 1.51 / 2.23 s; call counts
-  of every function grow linearly with the expert count (none grows faster than the 8x of
-  32 -> 256 experts); per expert about 3 ms per layer of Python (``_export_fused_experts``:
-  a ``copy.deepcopy`` of the gate/up weight quantizer per expert, ``nn.Module`` creation,
-  quantization-format lookups), which is negligible next to the tensor work at real widths.
+  0.61 and 0.69 s per expert. All tensor work: ``NVFP4QTensor._cast_fp4``
+  (``torch.searchsorted`` 62%, ``torch.any``) and the block amax (``torch.amax``/``amin``) of
+  ``get_weights_scaling_factor``.
+* Tiny widths (hidden 64), 8..256 experts: marginal 5.1 / 5.3 / 5.6 / 5.9 ms per expert (2
+  layers); every function's call count grows linearly with the expert count. About 2.8 ms of
+  Python per expert and layer (``_export_fused_experts``: a ``copy.deepcopy`` of the gate/up
+  weight quantizer per expert, an ``nn.Module`` per expert, format lookups; safetensors'
+  per-tensor bookkeeping). On a GPU this Python part is likely most of the per-expert cost.
+* A full garbage collection (~0.4 s, a scan of the ~570k live objects of the process) landed
+  inside the 256-expert export in some runs: a step, not per-expert work, but it moved the
+  last marginal cost by ~60%. Hence a ``gc.collect()`` before each phase (untimed), GC time
+  and full collections recorded per phase, and the sweep analysed with and without GC time.
 * Trap: with 2 OpenMP threads on that shared 2-core machine every ``torch.searchsorted`` call
   cost a fixed ~12 ms whatever its size (thread wake-up), which made export look 10x slower
   and super-linear. CPU timings there need ``--threads 1``. It does not apply on CUDA.
