@@ -1,7 +1,8 @@
-"""Wall time and peak accelerator memory of one phase, with the device synchronized around it."""
+"""Wall time, peak accelerator memory and garbage-collector time of one phase, device synchronized."""
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from contextlib import contextmanager
@@ -19,17 +20,44 @@ def sync(device) -> None:
 
 
 @contextmanager
+def gc_time(into: dict, name: str):
+    """Record the time Python's garbage collector ran during the body (``_gc_s``) and how many
+    full (generation 2) collections there were (``_gc_full``): a full collection scans every live
+    object of the process, so one landing inside a timed phase is a step of its own."""
+    state = {"t0": 0.0, "total": 0.0, "full": 0}
+
+    def cb(event, info):
+        if event == "start":
+            state["t0"] = time.perf_counter()
+        else:
+            state["total"] += time.perf_counter() - state["t0"]
+            state["full"] += info.get("generation") == 2
+
+    gc.callbacks.append(cb)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(cb)
+        into[f"{name}_gc_s"] = state["total"]
+        into[f"{name}_gc_full"] = state["full"]
+
+
+@contextmanager
 def phase(device, into: dict, name: str):
     """Time the body into ``into[name + "_s"]``; on CUDA also ``_peak_gib`` (peak allocated during
-    the phase, the counter reset at its start) and ``_start_gib`` (allocated when it started)."""
+    the phase, the counter reset at its start) and ``_start_gib`` (allocated when it started); the
+    garbage collector's share in ``_gc_s`` / ``_gc_full`` (see :func:`gc_time`). A full collection
+    runs first, outside the timing, so every phase starts from the same collector state."""
     cuda = _is_cuda(device)
+    gc.collect()
     sync(device)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
         into[f"{name}_start_gib"] = torch.cuda.memory_allocated(device) / 2**30
     t0 = time.perf_counter()
     try:
-        yield
+        with gc_time(into, name):
+            yield
     finally:
         sync(device)
         into[f"{name}_s"] = time.perf_counter() - t0

@@ -24,6 +24,7 @@ class Scaling:
     marginal_spread: float | None  # max |marginal / mean(marginal) - 1|
     within: bool | None  # marginal_spread <= tolerance (None with fewer than 3 points)
     tolerance: float
+    trend: str  # "rising" (super-linear), "falling" (sub-linear) or "flat": last marginal vs first
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -46,6 +47,10 @@ def analyse(points: dict[int, float], tolerance: float = 0.20) -> Scaling:
     m = [v for v in marg if v is not None]
     notes = []
     spread = within = None
+    trend = "flat"
+    if len(m) >= 2 and m[0] > 0:
+        change = m[-1] / m[0] - 1.0
+        trend = "rising" if change > tolerance else ("falling" if change < -tolerance else "flat")
     if len(m) >= 2:
         mean = sum(m) / len(m)
         if mean <= 0:
@@ -56,4 +61,4 @@ def analyse(points: dict[int, float], tolerance: float = 0.20) -> Scaling:
         within = spread <= tolerance
     else:
         notes.append("one marginal cost only: nothing to compare it with (give at least three expert counts)")
-    return Scaling(xs, ys, per, marg, fixed, 1000.0 * slope, spread, within, tolerance, notes)
+    return Scaling(xs, ys, per, marg, fixed, 1000.0 * slope, spread, within, tolerance, trend, notes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -84,5 +85,14 @@ def test_phase_and_stats():
     with phase("cpu", out, "calibrate"):
         sum(range(1000))
     assert out["calibrate_s"] > 0 and "calibrate_peak_gib" not in out  # no accelerator memory on CPU
+    assert out["calibrate_gc_full"] == 0 and 0 <= out["calibrate_gc_s"] <= out["calibrate_s"]
+
+
+def test_phase_counts_full_collections():
+    out = {}
+    with phase("cpu", out, "export"):
+        gc.collect()  # a full collection inside the phase
+        gc.collect(0)
+    assert out["export_gc_full"] == 1 and 0 < out["export_gc_s"] <= out["export_s"]
     assert stats([3.0, None, 1.0, 2.0]) == {"min": 1.0, "median": 2.0, "max": 3.0, "n": 3}
     assert stats([None]) == {}

@@ -14,7 +14,7 @@ COUNTS = [8, 32, 128, 256]
 @given(fixed=st.floats(0.0, 50.0), per=st.floats(1e-4, 1.0))
 def test_linear_cost_is_within_and_recovered(fixed, per):
     s = analyse({e: fixed + per * e for e in COUNTS})
-    assert s.within is True
+    assert s.within is True and s.trend == "flat"
     assert s.marginal_spread == pytest.approx(0.0, abs=1e-9)
     assert s.fit_slope_ms == pytest.approx(1000 * per, rel=1e-9)
     assert s.fit_fixed_s == pytest.approx(fixed, rel=1e-6, abs=1e-9)
@@ -25,8 +25,13 @@ def test_linear_cost_is_within_and_recovered(fixed, per):
 
 def test_quadratic_term_is_caught():
     s = analyse({e: 1.0 + 0.01 * e + 1e-4 * e * e for e in COUNTS})
-    assert s.within is False and s.marginal_spread > 0.2
+    assert s.within is False and s.marginal_spread > 0.2 and s.trend == "rising"
     assert s.marginal_ms[0] is None and s.marginal_ms[1] < s.marginal_ms[2] < s.marginal_ms[3]
+
+
+def test_falling_marginal_cost_is_named():
+    s = analyse({8: 1.0, 32: 1.5, 128: 2.5, 256: 3.0})
+    assert s.trend == "falling" and s.within is False
 
 
 def test_noise_within_the_tolerance_passes_and_beyond_fails():
