@@ -29,3 +29,5 @@ cat "$OUT/env.txt"
 tail -n 15 "$OUT/pytest_gpu.txt"
 grep -h "cells pass" "$OUT"/matrix_*_cuda.md
 sed -n '1,14p' "$OUT/gate_cuda.md"
+# one archive: the device returns a limited number of files
+(cd "$OUT" && tar czf results.tgz --exclude results.tgz . && find . -type f ! -name results.tgz ! -name env.txt -delete)
