@@ -12,12 +12,13 @@ LIMIT=${LIMIT:-480}
   python3 -c "import torch, transformers, modelopt; print('torch', torch.__version__, 'transformers', transformers.__version__, 'modelopt', modelopt.__version__, modelopt.__file__)"
 } > "$OUT/env.txt" 2>&1
 M="python3 -m modelopt_fork"
-timeout "$LIMIT" python3 -m pytest -q -p no:cacheprovider -n ${JOBS:-8} -m gpu tests -rfs > "$OUT/pytest_gpu.txt" 2>&1 &
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}  # several processes share the CPU cores
+timeout "$LIMIT" python3 -m pytest -q -p no:cacheprovider -n ${JOBS:-8} -m gpu ${TESTS:-tests} -rfs > "$OUT/pytest_gpu.txt" 2>&1 &
 P1=$!
-timeout "$LIMIT" $M matrix --upstream 0.47.0 --device cuda --markdown --json "$OUT/matrix_pristine_cuda.json" \
+[ -n "${SKIP_MATRIX:-}" ] || timeout "$LIMIT" $M matrix --upstream 0.47.0 --device cuda --markdown --json "$OUT/matrix_pristine_cuda.json" \
   > "$OUT/matrix_pristine_cuda.md" 2> "$OUT/matrix_pristine_cuda.err" &
 P2=$!
-timeout "$LIMIT" $M matrix --device cuda --markdown --json "$OUT/matrix_fork_cuda.json" \
+[ -n "${SKIP_MATRIX:-}" ] || timeout "$LIMIT" $M matrix --device cuda --markdown --json "$OUT/matrix_fork_cuda.json" \
   > "$OUT/matrix_fork_cuda.md" 2> "$OUT/matrix_fork_cuda.err" &
 P3=$!
 timeout "$LIMIT" $M gate --device cuda --jobs 6 --write "$OUT/gate_cuda.md" --json "$OUT/gate_cuda.json" \

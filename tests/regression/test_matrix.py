@@ -29,7 +29,12 @@ CELLS = [
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch,cfg,scenario", CELLS)
 def test_cell(arch, cfg, scenario, device, tmp_path):
-    r = run_cell(arch, cfg, scenario, device=device, out_dir=tmp_path, seed=3)
+    # On CUDA the reference-runtime stage is left out: the reference emulates the CPU fake
+    # quant bit for bit, while a CUDA-calibrated and CUDA-exported checkpoint carries the
+    # Triton kernel's and torch-on-CUDA's division roundings (tests/gpu/RESULTS.md); the
+    # reference runtime's CUDA agreement is tested with its own bound in tests/reference.
+    stages = ("validate", "reference") if device == "cpu" else ("validate",)
+    r = run_cell(arch, cfg, scenario, device=device, out_dir=tmp_path, seed=3, stages=stages)
     assert r.ok, f"{r.stage}: {r.error}\n{r.detail}"
     dark = r.dark_experts
     if scenario == "dark-experts":
