@@ -71,12 +71,9 @@ def _rel(y, ref):
 
 
 def _moe_inputs(model, moe, ids):
-    got = []
-    h = moe.register_forward_hook(lambda m, a, o: got.append(a[0].detach().reshape(-1, a[0].shape[-1])))
-    with torch.no_grad():
-        model(ids)
-    h.remove()
-    return torch.cat(got)
+    from modelopt_fork.twin.moe import capture_inputs
+
+    return capture_inputs(model, moe, ids)
 
 
 def run_case(arch, cfg_name, k, seed):

@@ -79,3 +79,15 @@ def count_routed_tokens(blocks: list[MoEBlock]):
     finally:
         for h in handles:
             h.remove()
+
+
+def capture_inputs(model: nn.Module, module: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The inputs ``module`` receives while ``model`` runs on ``ids``, as rows [tokens, features]."""
+    got = []
+    h = module.register_forward_hook(lambda m, a, o: got.append(a[0].detach().reshape(-1, a[0].shape[-1])))
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        h.remove()
+    return torch.cat(got)

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from _utils.devices import DEVICES
 from _utils.tiny_moe import LAYOUTS, TRANSFORMERS_5, build, calib_ids, expert, expert_prefix, set_amax
+from modelopt_fork.twin.moe import capture_inputs
 
 pytestmark = pytest.mark.skipif(
     TRANSFORMERS_5, reason="per-expert nn.Linear experts exist for these architectures only in transformers < 5"
@@ -42,12 +43,7 @@ def _quantized(arch, device):
 
 def _moe_inputs(model, arch, ids):
     moe = getattr(model.model.layers[LAYER], LAYOUTS[arch].moe_attr)
-    got = []
-    h = moe.register_forward_hook(lambda m, a, o: got.append(a[0].detach().reshape(-1, a[0].shape[-1])))
-    with torch.no_grad():
-        model(ids)
-    h.remove()
-    return torch.cat(got)
+    return capture_inputs(model, moe, ids)
 
 
 @pytest.mark.parametrize("device", DEVICES)
