@@ -62,11 +62,12 @@ def fake_as_exported(model, ids: torch.Tensor) -> torch.Tensor:
         requantize_resmooth_fused_llm_layers,
     )
 
+    from ..reference.compare import logits
+
     m = copy.deepcopy(model)
     _prepare_moe_inputs(m, torch.float32, False)
     requantize_resmooth_fused_llm_layers(m)
-    with torch.no_grad():
-        return m(ids).logits.float().cpu()
+    return logits(m, ids)
 
 
 # Reference runtime vs the fake-quantized model as exported, both on CPU: the same float32

@@ -129,6 +129,7 @@ def expert_input_quantizers(model: nn.Module):
 
 
 def set_amax(quantizer, value: torch.Tensor) -> None:
+    """Replace a quantizer's amax, shape changes allowed (as a per-channel calibrator would leave it)."""
     if hasattr(quantizer, "_amax"):
         delattr(quantizer, "_amax")
     quantizer.amax = value

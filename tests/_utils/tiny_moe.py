@@ -8,6 +8,8 @@ import torch
 import transformers
 from packaging.version import Version
 
+from modelopt_fork.twin.scenarios import set_amax  # noqa: F401  (re-exported for the tests)
+
 TRANSFORMERS_5 = Version(transformers.__version__) >= Version("5.0")
 
 
@@ -74,10 +76,3 @@ def expert(model, arch: str, layer: int, idx: int):
 
 def expert_prefix(arch: str, layer: int, idx: int) -> str:
     return f"model.layers.{layer}.{LAYOUTS[arch].moe_attr}.experts.{idx}"
-
-
-def set_amax(quantizer, value: torch.Tensor) -> None:
-    """Replace a quantizer's amax, shape changes allowed (as a per-channel calibrator would leave it)."""
-    if hasattr(quantizer, "_amax"):
-        delattr(quantizer, "_amax")
-    quantizer.amax = value

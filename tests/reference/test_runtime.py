@@ -22,14 +22,13 @@ operands and shape. Measured: bit-identical logits for every arch x config here.
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from _utils.devices import DEVICES
 from _utils.tiny_moe import ARCHS, TRANSFORMERS_5, build, calib_ids
+from modelopt_fork.matrix.cell import fake_as_exported
 from modelopt_fork.reference.compare import compare, logits
 from modelopt_fork.reference.runtime import (
     ReferenceFusedExperts,
@@ -47,12 +46,7 @@ TWINS = [n for n in BUNDLED if TRANSFORMERS_5 or n != "gemma4-26b-a4b"]  # Gemma
 
 def _fake_as_exported(model, ids):
     """Logits of a copy of the calibrated model after export's pre-packing steps (see module doc)."""
-    from modelopt.torch.export.unified_export_hf import _prepare_moe_inputs, requantize_resmooth_fused_llm_layers
-
-    m = copy.deepcopy(model)
-    _prepare_moe_inputs(m, torch.float32, False)
-    requantize_resmooth_fused_llm_layers(m)
-    return logits(m, ids)
+    return fake_as_exported(model, ids)
 
 
 def _quantize_export(arch, cfg, device, out, seed):
