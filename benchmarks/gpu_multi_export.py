@@ -23,27 +23,27 @@ NVFP4_DEFAULT_CFG) and calls ``export_hf_checkpoint``:
                    module went, ``layers_split`` whether decoder layers are on both GPUs;
 * ``offload``      ``device_map="auto"`` with cuda:0 too small and CPU offload for the rest:
                    modelopt's other export path (``has_accelerate_offload`` -> streaming export);
-* ``fsdp2``        2 processes, NCCL, ``fsdp2_wrap`` (modelopt's FSDP2 helper, which
-                   ``fully_shard``-s every decoder layer and the root) under
-                   ``patch_fsdp_mp_dtypes``, as modelopt's own FSDP2 export tests do; the export
-                   gathers the full state dict on rank 0, which writes.
+* ``fsdp2``        2 processes, NCCL (gloo on CPU): ``python -m modelopt_fork.twin.fsdp2_export``
+                   under ``torch.distributed.run``, which wraps the model with ``fsdp2_wrap``
+                   (modelopt's FSDP2 helper: ``fully_shard`` on every decoder layer and the root)
+                   under ``patch_fsdp_mp_dtypes``, as modelopt's own FSDP2 export tests do; the
+                   export gathers the full state dict on rank 0, which writes.
 
 Identical means the same tensor names, dtypes, shapes and bytes, and the same
 ``hf_quant_config.json`` (``modelopt_fork.checkpoint.compare``).
 
 Validated on CPU (``--device cpu``; FSDP2 with gloo, accelerate on one device), 2026-11-22,
-transformers 5.14.1, fork 0001-0006: ``single-again``, ``accelerate`` and ``offload`` are
-identical to ``single``; ``fsdp2`` exports the same per-expert tensors bit for bit but also
-leaves each layer's fused 3-D ``experts.gate_up_proj`` / ``experts.down_proj`` (unquantized) in
-the checkpoint: ``_export_fused_experts`` deletes them from the module, but FSDP2's full
-state-dict gather still has them.
+transformers 5.14.1: ``single-again``, ``accelerate`` and ``offload`` are identical to
+``single``. Before patch 0013, ``fsdp2`` exported the same per-expert tensors bit for bit but
+also each layer's fused 3-D ``experts.gate_up_proj`` / ``experts.down_proj`` (unquantized):
+``_export_fused_experts`` deletes them from the module, but FSDP2 kept them in its param group
+and set them back on the module; with 0013 it is identical too.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import shutil
 import sys
 import tempfile
@@ -57,6 +57,7 @@ if str(ROOT) not in sys.path:
 
 from modelopt_fork.bench.procs import run_worker, worker_env  # noqa: E402
 from modelopt_fork.bench.record import Recorder  # noqa: E402
+from modelopt_fork.twin.fsdp2_export import calibrate_and_export  # noqa: E402
 
 ARCHS = ["qwen3-30b-a3b", "gemma4-26b-a4b"]
 CASES = ["single", "single-again", "accelerate", "offload", "fsdp2"]
@@ -111,30 +112,6 @@ def _placement(model) -> dict:
     return {k: str(v) for k, v in dm.items()} if dm else {}
 
 
-def _calibrate_export(model, ids, cfg, dst, rec):
-    import torch
-
-    import modelopt.torch.quantization as mtq
-    from modelopt.torch.export import export_hf_checkpoint
-
-    first = next(p.device for p in model.parameters() if p.device.type != "meta")
-    ids = ids.to(first)
-
-    def loop(m):
-        with torch.no_grad():
-            m(input_ids=ids, use_cache=False)
-
-    t0 = time.perf_counter()
-    rec["stage"] = "calibrate"
-    mtq.quantize(model, getattr(mtq, cfg), loop)
-    rec["calibrate_s"] = time.perf_counter() - t0
-    rec["stage"] = "export"
-    t0 = time.perf_counter()
-    export_hf_checkpoint(model, export_dir=dst)
-    rec["export_s"] = time.perf_counter() - t0
-    rec["stage"] = "done"
-
-
 def _split_map(model_size_bytes: int, n_gpus: int = 2) -> dict:
     """max_memory that cannot hold the model on cuda:0 alone (so accelerate spreads it)."""
     per = max(1, int(model_size_bytes * 0.6))
@@ -182,59 +159,16 @@ def _single_process_case(args) -> dict:
         rec["devices"] = sorted({str(p.device) for p in model.parameters()})
         layer_devs = {v for k, v in rec["device_map"].items() if ".layers." in k or k.endswith(".layers")}
         rec["layers_split"] = len(layer_devs) >= 2
-        _calibrate_export(model, ids, args.cfg, args.dst, rec)
+        calibrate_and_export(model, ids, args.cfg, args.dst, rec)
     except Exception as e:  # noqa: BLE001 -- the case reports, the comparison goes on
         rec["error"], rec["trace"] = _first_line(e), traceback.format_exc()[-4000:]
     return rec
 
 
-def _fsdp2_case(args) -> dict | None:
-    """One rank of the FSDP2 case (launched by torch.distributed.run); rank 0 returns the record."""
-    import torch
-    import torch.distributed as dist
-
-    from modelopt_fork.bench.procs import check_modelopt_origin
-
-    cpu = args.device == "cpu"
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if not cpu:
-        torch.cuda.set_device(local)
-    dist.init_process_group("gloo" if cpu else "nccl")
-    rank = dist.get_rank()
-    rec = dict(case="fsdp2", modelopt=check_modelopt_origin(), torch=torch.__version__, world=dist.get_world_size())
-    try:
-        from modelopt.torch.quantization.utils import patch_fsdp_mp_dtypes
-        from modelopt.torch.utils.distributed import fsdp2_wrap, is_fsdp2_model
-
-        dtype = getattr(torch, args.dtype)
-        ids = torch.load(args.src / "calib_ids.pt")
-        with patch_fsdp_mp_dtypes():
-            rec["stage"] = "load"
-            model = _load(args.src, dtype).to("cpu" if cpu else f"cuda:{local}")
-            rec["stage"] = "fsdp2_wrap"
-            fsdp2_wrap(model)
-            if not is_fsdp2_model(model):
-                raise RuntimeError("fsdp2_wrap did not shard the model")
-            rec["devices"] = sorted({str(p.device) for p in model.parameters()})
-            dist.barrier()
-            _calibrate_export(model, ids, args.cfg, args.dst, rec)
-            dist.barrier()
-    except Exception as e:  # noqa: BLE001
-        rec["error"], rec["trace"] = f"rank {rank}: {_first_line(e)}", traceback.format_exc()[-4000:]
-    errors = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, rec.get("error"))
-    if any(errors) and not rec.get("error"):
-        rec["error"] = next(e for e in errors if e)
-    dist.destroy_process_group()
-    return rec if rank == 0 else None
-
-
 def worker(args) -> int:
     from modelopt_fork.bench.procs import emit
 
-    rec = _fsdp2_case(args) if args.case == "fsdp2" else _single_process_case(args)
-    if rec is not None:
-        emit(rec)
+    emit(_single_process_case(args))
     return 0
 
 
@@ -290,7 +224,9 @@ def _launch(args, arch, case, src, dst, logs) -> dict:
         args.device,
     ]
     if case == "fsdp2":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", me, *common]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "modelopt_fork.twin.fsdp2_export", "--src", str(src), "--ids", str(src / "calib_ids.pt"),
+               "--dst", str(dst), "--cfg", args.cfg, "--dtype", args.dtype, "--device", args.device]
     else:
         cmd = [sys.executable, me, *common]
     got: list[dict] = []
