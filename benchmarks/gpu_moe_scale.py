@@ -16,8 +16,12 @@ real hidden, intermediate and expert-intermediate sizes, heads and head dims, 12
 once), bf16, built directly on the GPU from a fixed seed (the same weights in every run).
 
 **Part 1, fork vs upstream** (``--cfgs``, default NVFP4_AWQ_FULL_CFG and NVFP4_DEFAULT_CFG).
-Each implementation runs in its own process (pristine upstream: ``modelopt`` imported from
-``upstream_tree(root, --upstream)``, checked at start). Per (arch, cfg): one warm-up round on a
+Implementations (``--impls``): ``fork``; ``fork-norescue``, the fork exporting with
+``save_rescue=False`` (no calibration rescue file, patch 0007's opt-out); ``upstream``. Each
+runs in its own process (pristine upstream: ``modelopt`` imported from
+``upstream_tree(root, --upstream)``, checked at start); ``--passes N`` starts N processes per
+(implementation, arch), in rotating order, so that drift of the machine over the run and
+process-level effects are spread over all implementations. Per (arch, cfg): one warm-up round on a
 small batch (CUDA context, cuBLAS, Triton JIT), then ``--repeats`` rounds of
 build -> ``mtq.quantize`` (timed: "calibrate") -> ``export_hf_checkpoint`` into a scratch dir
 (timed: "export", includes the file write) -> delete. The device is synchronized around
@@ -89,6 +93,10 @@ ARCHS = ["gemma4-26b-a4b", "qwen3-30b-a3b"]
 CFGS = ["NVFP4_AWQ_FULL_CFG", "NVFP4_DEFAULT_CFG"]
 SWEEP = [8, 32, 128, 256]
 TARGET_RATIO = 1.02
+# implementations: the fork as installed, the fork with export_hf_checkpoint(save_rescue=False)
+# (patch 0007's opt-out: no calibration rescue file), pristine upstream
+IMPLS = ["fork", "fork-norescue", "upstream"]
+EXPORT_KWARGS = {"fork": {}, "fork-norescue": {"save_rescue": False}, "upstream": {}}
 UPSTREAM_AWQ_NOTE = "pristine export fails (fused experts + AWQ, patch 0004): calibration ratio only"
 
 
@@ -108,7 +116,10 @@ def parse(argv=None):
     ap.add_argument("--experts", type=int, default=128)
     ap.add_argument("--batch", type=int, default=4, help="calibration sequences")
     ap.add_argument("--seq", type=int, default=256, help="calibration sequence length")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds per worker process")
+    ap.add_argument("--impls", type=_csv, default=IMPLS, help=",".join(IMPLS))
+    ap.add_argument("--passes", type=int, default=1,
+                    help="worker processes per (impl, arch), run in rotating order")
     ap.add_argument("--sweep", type=lambda s: [int(x) for x in _csv(s)], default=SWEEP, help="expert counts")
     ap.add_argument("--sweep-archs", type=_csv, default=["qwen3-30b-a3b", "gemma4-26b-a4b"])
     ap.add_argument("--sweep-cfg", default="NVFP4_DEFAULT_CFG", help="see the docstring: why not AWQ")
@@ -205,7 +216,7 @@ def _round(arch, experts, cfg, job, *, ids, do_export: bool) -> dict:
         out = Path(tempfile.mkdtemp(prefix="moe-scale-", dir=job.get("scratch")))
         try:
             with phase(dev, rec, "export"):
-                export_hf_checkpoint(twin.model, export_dir=out)
+                export_hf_checkpoint(twin.model, export_dir=out, **EXPORT_KWARGS[job["impl"]])
             rec["export_bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         except Exception as e:  # noqa: BLE001
             rec["export_error"], rec["trace"] = _first_line(e), traceback.format_exc()[-3000:]
@@ -390,12 +401,14 @@ def orchestrate(args) -> int:
             rec.update_meta(upstream_error=_first_line(e))
     ratio_end = end - (args.budget_s * args.sweep_share if "sweep" in args.parts else 0.0)
     if "ratios" in args.parts:
-        impls = ["fork", "upstream"] if tree else ["fork"]
+        impls = [i for i in args.impls if tree or i != "upstream"]
         runs = []
-        for i, arch in enumerate(args.archs):
-            order = impls if i % 2 == 0 else impls[::-1]  # alternate who goes first
-            runs += [(impl, arch) for impl in order]
-        for k, (impl, arch) in enumerate(runs):
+        for p in range(args.passes):
+            for i, arch in enumerate(args.archs):
+                k = (p + i) % len(impls)
+                order = impls[k:] + impls[:k]  # rotate who goes first
+                runs += [(impl, arch, p) for impl in order]
+        for k, (impl, arch, p) in enumerate(runs):
             share = (ratio_end - time.time()) / (len(runs) - k)
             start = time.time()
             cells = [
@@ -407,7 +420,7 @@ def orchestrate(args) -> int:
                 rec,
                 _job(args, impl, kind="cells", cells=cells),
                 tree,
-                f"{impl} {arch}",
+                f"{impl} {arch} pass{p}",
                 hard_deadline=min(end, start + share + 60),
             )
     if "sweep" in args.parts and args.sweep_archs:
@@ -454,7 +467,7 @@ def summarize(records: list[dict]) -> dict:
     keys = sorted({(r["arch"], r["cfg"]) for r in records if r.get("part") == "ratios"})
     for arch, cfg in keys:
         per_impl = {}
-        for impl in ("fork", "upstream"):
+        for impl in IMPLS:
             every = [
                 r
                 for r in records
@@ -485,9 +498,9 @@ def summarize(records: list[dict]) -> dict:
             )
             out["cells"].append(cell)
             per_impl[impl] = cell
-        if "fork" in per_impl and "upstream" in per_impl:
-            f, u = per_impl["fork"], per_impl["upstream"]
-            row = dict(arch=arch, cfg=cfg)
+        for impl in [i for i in per_impl if i != "upstream" and "upstream" in per_impl]:
+            f, u = per_impl[impl], per_impl["upstream"]
+            row = dict(arch=arch, cfg=cfg, impl=impl)
             for m in ("calibrate_s", "export_s", "calibrate_peak_gib", "export_peak_gib"):
                 for s in ("median", "min"):
                     a, b = f[m].get(s), u[m].get(s)
@@ -554,15 +567,15 @@ def print_tables(summary: dict, records: list[dict]) -> None:
             )
     if summary["ratios"]:
         print(f"\nfork / upstream (median, min in brackets; target <= {TARGET_RATIO})")
-        print("| arch | cfg | calibrate | export | calib peak mem | export peak mem | note |")
-        print("|---|---|---:|---:|---:|---:|---|")
+        print("| arch | cfg | impl | calibrate | export | calib peak mem | export peak mem | note |")
+        print("|---|---|---|---:|---:|---:|---:|---|")
         for r in summary["ratios"]:
 
             def cell(m, r=r):
                 return f"{_f(r[f'{m}_median_ratio'], '.3f')} ({_f(r[f'{m}_min_ratio'], '.3f')})"
 
             print(
-                f"| {r['arch']} | {r['cfg']} | {cell('calibrate_s')} | {cell('export_s')} | "
+                f"| {r['arch']} | {r['cfg']} | {r['impl']} | {cell('calibrate_s')} | {cell('export_s')} | "
                 f"{_f(r['calibrate_peak_gib_median_ratio'], '.3f')} | {_f(r['export_peak_gib_median_ratio'], '.3f')} "
                 f"| {r['note']} |"
             )
