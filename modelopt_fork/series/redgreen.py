@@ -55,10 +55,11 @@ class Row:
 def run_pytest(root: Path, ids: list[str], tree: Path | None, workdir: Path) -> dict[str, Outcome]:
     """Outcome per Test id (items attributed to the id they were collected from).
 
-    The ids run in one pytest process. If that process cannot run them all (a
-    collection error, e.g. a test importing an API the patch adds), each id is
-    run on its own, and an id that cannot even be collected counts as one failure
-    ("collection error"): without the patch, that is the expected red.
+    The ids run in one pytest process (``--continue-on-collection-errors``): a
+    test file that cannot be collected (e.g. it imports an API the patch adds)
+    counts as one failure ("collection error") for each of its ids; without the
+    patch, that is the expected red. Only if that process leaves no report (an
+    internal error) is each id run on its own.
     """
     xml = workdir / f"junit-{len(list(workdir.iterdir()))}.xml"
     env = dict(os.environ)
@@ -67,9 +68,10 @@ def run_pytest(root: Path, ids: list[str], tree: Path | None, workdir: Path) -> 
     if tree is not None:
         env["MODELOPT_FORK_TREE"] = str(tree)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rN", "-o", "junit_family=xunit1",
-           f"--junitxml={xml}", *ids]
+           "--continue-on-collection-errors", f"--junitxml={xml}", *ids]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-    if not xml.is_file() or proc.returncode not in (0, 1):
+    cases = list(ET.parse(xml).getroot().iter("testcase")) if xml.is_file() else []
+    if not cases:
         if len(ids) > 1:
             out: dict[str, Outcome] = {}
             for tid in ids:
@@ -80,19 +82,24 @@ def run_pytest(root: Path, ids: list[str], tree: Path | None, workdir: Path) -> 
         detail = raised[-1] if raised else "\n".join(lines[-3:])
         return {ids[0]: Outcome(Counter({"failed (collection error)": 1}), detail)}
     out = {tid: Outcome() for tid in ids}
-    for case in ET.parse(xml).getroot().iter("testcase"):
+    for case in cases:
         file = case.get("file", "")
         name = case.get("name", "")
         kind, message = "passed", ""
         for child in case:
             if child.tag in ("failure", "error"):
                 kind, message = "failed", message or (child.get("message") or "").strip()
+                if message == "collection failure":  # the whole file: say what it raised
+                    kind = "failed (collection error)"
+                    raised = [ln[1:].strip() for ln in (child.text or "").splitlines() if ln.startswith("E   ")]
+                    message = raised[-1] if raised else message
             elif child.tag == "skipped":
                 kind = "skipped"
         for tid in ids:
             tfile, _, tname = tid.partition("::")
             tname = tname.split("::")[-1]
-            if file == tfile and (not tname or name == tname or name.startswith(tname + "[")):
+            whole_file = kind == "failed (collection error)"
+            if file == tfile and (whole_file or not tname or name == tname or name.startswith(tname + "[")):
                 out[tid].counts[kind] += 1
                 if message and not out[tid].detail:
                     out[tid].detail = message  # the first failure's message
@@ -138,19 +145,30 @@ def red_green(root: Path, patches: list[str] | None = None, log=print) -> list[R
                 red_tree = f"series prefix before {name} ({e.patch} needs it)"
             jobs.append((name, red, red_tree, parse_patch(name, series.path(name).read_text(encoding="utf-8")).tests))
 
-        def run(job):
-            name, red, red_tree, ids = job
-            work = tmp / f"work-{name}"
-            work.mkdir()
-            ours = [t for t in ids if t.startswith("tests/")]
-            red_out = run_pytest(root, ids, red, work)
-            pristine_out = run_pytest(root, ours, pristine, work) if ours else {}
-            green_out = run_pytest(root, ids, None, work)
-            return [_judge(name, t, red_tree, red_out[t], pristine_out.get(t), green_out[t]) for t in ids]
+        # One pytest process per red tree; one for every patch's ids under tests/ against
+        # pristine upstream, one for every id against the full series (each process pays the
+        # torch/transformers/modelopt imports once). Run side by side, one per core.
+        every = list(dict.fromkeys(t for *_, ids in jobs for t in ids))
+        ours = [t for t in every if t.startswith("tests/")]
+        runs = {("green", None): (every, None)}  # the longest runs first
+        if ours:
+            runs[("pristine", None)] = (ours, pristine)
+        runs.update({("red", name): (ids, red) for name, red, _, ids in jobs})
 
-        # each job is a few pytest processes: run patches side by side, one per core
+        def run(key):
+            work = tmp / f"work-{key[0]}-{key[1] or 'all'}"
+            work.mkdir()
+            ids, tree = runs[key]
+            return key, run_pytest(root, ids, tree, work)
+
         with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-            return [row for rows in pool.map(run, jobs) for row in rows]
+            got = dict(pool.map(run, list(runs)))
+        pristine_out, green_out = got.get(("pristine", None), {}), got[("green", None)]
+        return [
+            _judge(name, t, red_tree, got[("red", name)][t], pristine_out.get(t) if t in ours else None, green_out[t])
+            for name, _, red_tree, ids in jobs
+            for t in ids
+        ]
 
 
 def format_rows(rows: list[Row]) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 
-from modelopt_fork.series.redgreen import format_rows, red_green
+from modelopt_fork.series.redgreen import format_rows, red_green, run_pytest
 
 from .helpers import INIT, add_patch_by_edit, append_line, quiet
 
@@ -37,3 +38,17 @@ def test_red_green_detects_proven_and_unproven_patches(fork_project, repo_root):
     assert good.red.counts["failed"] == 1 and good.green.counts["passed"] == 1
     assert not bad.ok and "does not fail without the patch" in bad.why
     assert "red/green: 1 ok, 1 failing, 0 n/a here" in format_rows(rows)
+
+
+def test_a_file_that_cannot_be_collected_fails_its_ids_only(tmp_path):
+    # red runs all of a patch's ids in one pytest process: a test file importing an API the
+    # patch adds fails to collect; that is a failure of its ids, not of the others
+    (tmp_path / "test_bad.py").write_text("import not_a_module_anywhere\n\n\ndef test_a():\n    pass\n")
+    (tmp_path / "test_good.py").write_text("def test_b():\n    pass\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    out = run_pytest(tmp_path, ["test_bad.py::test_a", "test_good.py::test_b", "test_bad.py"], None, work)
+    assert out["test_bad.py::test_a"].counts == Counter({"failed (collection error)": 1})
+    assert out["test_bad.py"].counts == Counter({"failed (collection error)": 1})
+    assert "not_a_module_anywhere" in out["test_bad.py::test_a"].detail
+    assert out["test_good.py::test_b"].counts == Counter({"passed": 1})
