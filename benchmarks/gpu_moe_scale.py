@@ -21,8 +21,8 @@ Implementations (``--impls``): ``fork``; ``fork-norescue``, the fork exporting w
 runs in its own process (pristine upstream: ``modelopt`` imported from
 ``upstream_tree(root, --upstream)``, checked at start); ``--passes N`` starts N processes per
 (implementation, arch), in rotating order, so that drift of the machine over the run and
-process-level effects are spread over all implementations. Per (arch, cfg): one warm-up round on a
-small batch (CUDA context, cuBLAS, Triton JIT), then ``--repeats`` rounds of
+process-level effects are spread over all implementations. Per (arch, cfg): ``--warmups`` untimed rounds
+with the timed shapes (CUDA context, cuBLAS, Triton JIT), then ``--repeats`` rounds of
 build -> ``mtq.quantize`` (timed: "calibrate") -> ``export_hf_checkpoint`` into a scratch dir
 (timed: "export", includes the file write) -> delete. The device is synchronized around
 each phase and the peak allocated memory is reset at its start
@@ -118,6 +118,9 @@ def parse(argv=None):
     ap.add_argument("--seq", type=int, default=256, help="calibration sequence length")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds per worker process")
     ap.add_argument("--impls", type=_csv, default=IMPLS, help=",".join(IMPLS))
+    ap.add_argument("--warmups", type=int, default=1, help="untimed rounds per worker process, same shapes")
+    ap.add_argument("--no-export", dest="export", action="store_false",
+                    help="time calibration only (e.g. AWQ, whose export pristine upstream cannot do)")
     ap.add_argument("--passes", type=int, default=1,
                     help="worker processes per (impl, arch), run in rotating order")
     ap.add_argument("--sweep", type=lambda s: [int(x) for x in _csv(s)], default=SWEEP, help="expert counts")
@@ -243,16 +246,19 @@ def _cell(job, cell, emit, progress):
 
     arch, cfg = cell["arch"], cell["cfg"]
     base = dict(part="ratios", impl=job["impl"], arch=arch, cfg=cfg, experts=job["experts"], layers=job["layers"])
+    # warm-up rounds take the timed batch shape: a first round with a new shape pays cuBLAS
+    # heuristics and Triton autotuning again (measured: the first timed round's calibration
+    # took twice the later ones' after a warm-up on a smaller batch)
     ids = _ids(REAL_WIDTHS_VOCAB, job["batch"], job["seq"], job["seed"])
-    warm_ids = _ids(REAL_WIDTHS_VOCAB, 1, 32, job["seed"] + 1)
-    do_export, last = True, None
-    for i in range(-1, job["repeats"]):
+    do_export, last = job.get("export", True), None
+    warmups = job.get("warmups", 1)
+    for i in range(-warmups, job["repeats"]):
         if i >= 1 and time.time() + last > cell["deadline"]:  # at least one timed round per cell
             emit(dict(base, rep=i, skipped="time budget"))
             progress(f"{job['impl']} {arch} {cfg}: stopped before repeat {i} (time budget)")
             break
         t0 = time.time()
-        rec = _round(arch, job["experts"], cfg, job, ids=warm_ids if i < 0 else ids, do_export=do_export)
+        rec = _round(arch, job["experts"], cfg, job, ids=ids, do_export=do_export)
         last = time.time() - t0
         if "export_error" in rec or "calibrate_error" in rec:
             do_export = False  # it fails the same way each time: spend the time on calibration
@@ -343,6 +349,8 @@ def _job(args, impl, **kw) -> dict:
         batch=args.batch,
         seq=args.seq,
         repeats=args.repeats,
+        warmups=args.warmups,
+        export=args.export,
         seed=args.seed,
         threads=args.threads,
         scratch=str(args.scratch) if args.scratch else None,
