@@ -78,6 +78,7 @@ import sys
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +103,14 @@ UPSTREAM_AWQ_NOTE = "pristine export fails (fused experts + AWQ, patch 0004): ca
 
 def _csv(s: str) -> list[str]:
     return [x for x in s.split(",") if x]
+
+
+def _cpu_list(s: str) -> list[int]:
+    out = []
+    for part in _csv(s):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b or a) + 1))
+    return out
 
 
 def parse(argv=None):
@@ -141,6 +150,7 @@ def parse(argv=None):
     ap.add_argument("--sweep-share", type=float, default=0.4, help="part of the budget for the sweep")
     ap.add_argument("--scratch", type=Path, default=None, help="where exports are written (then deleted)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads in the workers")
+    ap.add_argument("--cpus", type=_cpu_list, default=None, help="pin workers to these cores, e.g. 0-7")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -218,7 +228,7 @@ def _round(arch, experts, cfg, job, *, ids, do_export: bool) -> dict:
     if do_export:
         out = Path(tempfile.mkdtemp(prefix="moe-scale-", dir=job.get("scratch")))
         try:
-            with phase(dev, rec, "export"):
+            with phase(dev, rec, "export"), _time_export_core(dev, rec):
                 export_hf_checkpoint(twin.model, export_dir=out, **EXPORT_KWARGS[job["impl"]])
             rec["export_bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         except Exception as e:  # noqa: BLE001
@@ -232,6 +242,31 @@ def _round(arch, experts, cfg, job, *, ids, do_export: bool) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return rec
+
+
+@contextmanager
+def _time_export_core(dev, rec):
+    """Also time ``_export_transformers_checkpoint`` (the in-memory export: requantize, pack, state
+    dict) into ``export_core_s``: the same function in fork and upstream, without the file
+    writes and the rescue file around it, whose disk time varies between rounds."""
+    import modelopt.torch.export.unified_export_hf as ueh
+    from modelopt_fork.bench.measure import sync
+
+    orig = ueh._export_transformers_checkpoint
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            sync(dev)
+            rec["export_core_s"] = time.perf_counter() - t0
+
+    ueh._export_transformers_checkpoint = timed
+    try:
+        yield
+    finally:
+        ueh._export_transformers_checkpoint = orig
 
 
 def _ids(vocab, batch, seq, seed):
@@ -306,6 +341,8 @@ def worker(job: dict) -> int:
 
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
+    if job.get("cpus"):  # the same cores for every worker: no worker lands on a busier or farther one
+        os.sched_setaffinity(0, job["cpus"])
     env = dict(
         part="env",
         impl=job["impl"],
@@ -353,6 +390,7 @@ def _job(args, impl, **kw) -> dict:
         export=args.export,
         seed=args.seed,
         threads=args.threads,
+        cpus=args.cpus,
         scratch=str(args.scratch) if args.scratch else None,
         **kw,
     )
@@ -495,6 +533,7 @@ def summarize(records: list[dict]) -> dict:
                     for m in (
                         "calibrate_s",
                         "export_s",
+                        "export_core_s",
                         "calibrate_peak_gib",
                         "export_peak_gib",
                         "build_s",
@@ -509,7 +548,7 @@ def summarize(records: list[dict]) -> dict:
         for impl in [i for i in per_impl if i != "upstream" and "upstream" in per_impl]:
             f, u = per_impl[impl], per_impl["upstream"]
             row = dict(arch=arch, cfg=cfg, impl=impl)
-            for m in ("calibrate_s", "export_s", "calibrate_peak_gib", "export_peak_gib"):
+            for m in ("calibrate_s", "export_s", "export_core_s", "calibrate_peak_gib", "export_peak_gib"):
                 for s in ("median", "min"):
                     a, b = f[m].get(s), u[m].get(s)
                     row[f"{m}_{s}_ratio"] = (a / b) if (a is not None and b) else None
@@ -561,22 +600,23 @@ def print_tables(summary: dict, records: list[dict]) -> None:
     if summary["cells"]:
         print(
             "\n| arch | cfg | impl | reps | calibrate s (median/min) | export s (median/min) | "
-            "calib / export peak GiB | calib / export GC s | errors |"
+            "export in memory s (median/min) | calib / export peak GiB | calib / export GC s | errors |"
         )
-        print("|---|---|---|---:|---:|---:|---:|---:|---|")
+        print("|---|---|---|---:|---:|---:|---:|---:|---:|---|")
         for c in summary["cells"]:
             print(
                 f"| {c['arch']} | {c['cfg']} | {c['impl']} | {c['reps']} | "
                 f"{_f(c['calibrate_s'].get('median'))} / {_f(c['calibrate_s'].get('min'))} | "
                 f"{_f(c['export_s'].get('median'))} / {_f(c['export_s'].get('min'))} | "
+                f"{_f(c['export_core_s'].get('median'))} / {_f(c['export_core_s'].get('min'))} | "
                 f"{_f(c['calibrate_peak_gib'].get('max'))} / {_f(c['export_peak_gib'].get('max'))} | "
                 f"{_f(c['calibrate_gc_s'].get('median'))} / {_f(c['export_gc_s'].get('median'))} | "
                 f"{'; '.join(c['errors'])} |"
             )
     if summary["ratios"]:
         print(f"\nfork / upstream (median, min in brackets; target <= {TARGET_RATIO})")
-        print("| arch | cfg | impl | calibrate | export | calib peak mem | export peak mem | note |")
-        print("|---|---|---|---:|---:|---:|---:|---|")
+        print("| arch | cfg | impl | calibrate | export | export in memory | calib peak mem | export peak mem | note |")
+        print("|---|---|---|---:|---:|---:|---:|---:|---|")
         for r in summary["ratios"]:
 
             def cell(m, r=r):
@@ -584,6 +624,7 @@ def print_tables(summary: dict, records: list[dict]) -> None:
 
             print(
                 f"| {r['arch']} | {r['cfg']} | {r['impl']} | {cell('calibrate_s')} | {cell('export_s')} | "
+                f"{cell('export_core_s')} | "
                 f"{_f(r['calibrate_peak_gib_median_ratio'], '.3f')} | {_f(r['export_peak_gib_median_ratio'], '.3f')} "
                 f"| {r['note']} |"
             )
