@@ -124,3 +124,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         except (SafetensorError, OSError) as e:
             raise LoadError(f"{path / fname}: not a readable safetensors file ({e})") from e
     return Checkpoint(path, tensors, _read_json(path / HF_QUANT_CONFIG), _read_json(path / CONFIG))
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint at ``path``, read: the shards of its index (else every
+    ``*.safetensors``), a shard at a time. :class:`LoadError` as in :func:`load_checkpoint` (e.g. a
+    name in two shards)."""
+    from safetensors.torch import load_file
+
+    ckpt = load_checkpoint(path)
+    tensors: dict[str, torch.Tensor] = {}
+    for fname in sorted({info.file for info in ckpt.tensors.values()}):
+        tensors.update(load_file(ckpt.path / fname))
+    return tensors

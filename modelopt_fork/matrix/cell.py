@@ -89,7 +89,7 @@ def reference_agreement(ckpt: Path, as_exported, original, ids) -> dict:
 
 def scale_stats(ckpt: Path) -> dict:
     """Ranges of the exported per-tensor scales (what preflight reports)."""
-    from .checks import load_tensors
+    from ..checkpoint.load import load_tensors
 
     t = load_tensors(ckpt)
     out = {}

@@ -7,14 +7,8 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-
-def load_tensors(ckpt: Path) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for f in sorted(Path(ckpt).glob("*.safetensors")):
-        tensors.update(load_file(f))
-    return tensors
+from ..checkpoint.load import load_tensors
 
 
 def _layer_of(prefix: str) -> str:

@@ -43,18 +43,13 @@ class ReferenceLoadError(RuntimeError):
 
 
 def load_checkpoint_tensors(checkpoint_dir) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    """Every tensor of the checkpoint (:func:`modelopt_fork.checkpoint.load.load_tensors`)."""
+    from ..checkpoint.load import LoadError, load_tensors
 
-    files = sorted(Path(checkpoint_dir).glob("*.safetensors"))
-    if not files:
-        raise ReferenceLoadError(f"no *.safetensors in {checkpoint_dir}")
-    tensors: dict[str, torch.Tensor] = {}
-    for f in files:
-        for k, v in load_file(f).items():
-            if k in tensors:
-                raise ReferenceLoadError(f"{k} appears in more than one shard ({f.name})")
-            tensors[k] = v
-    return tensors
+    try:
+        return load_tensors(checkpoint_dir)
+    except LoadError as e:
+        raise ReferenceLoadError(str(e)) from e
 
 
 @dataclass

@@ -18,8 +18,8 @@ import pytest
 
 from _utils.devices import DEVICES
 from _utils.tiny_moe import TRANSFORMERS_5
+from modelopt_fork.checkpoint.load import load_tensors
 from modelopt_fork.matrix.cell import run_cell
-from modelopt_fork.matrix.checks import load_tensors
 
 pytestmark = pytest.mark.skipif(TRANSFORMERS_5, reason="per-expert nn.Linear experts exist only in transformers < 5")
 

@@ -15,10 +15,10 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from _utils.devices import DEVICES
 from _utils.tiny_moe import ARCHS, TRANSFORMERS_5, build, calib_ids
+from modelopt_fork.checkpoint.load import load_tensors
 
 CONFIGS = ["NVFP4_DEFAULT_CFG", "NVFP4_AWQ_LITE_CFG", "NVFP4_AWQ_FULL_CFG"]
 
@@ -44,9 +44,7 @@ def _check_checkpoint(out, cfg):
     assert algos <= {"NVFP4", "NVFP4_AWQ", "MIXED_PRECISION"}, algos
     if cfg == "NVFP4_DEFAULT_CFG":
         assert quant["quant_algo"] == "NVFP4"
-    tensors = {}
-    for f in sorted(out.glob("*.safetensors")):
-        tensors.update(load_file(f))
+    tensors = load_tensors(out)
     packed = [k for k, v in tensors.items() if k.endswith(".weight") and v.dtype == torch.uint8]
     assert any(".experts.0." in k for k in packed), "experts were not quantized"
     for k in packed:

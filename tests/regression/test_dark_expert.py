@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from _utils.devices import DEVICES
 from _utils.tiny_moe import LAYOUTS, TRANSFORMERS_5, build, calib_ids, expert, expert_prefix, set_amax
+from modelopt_fork.checkpoint.load import load_tensors
 from modelopt_fork.twin.moe import capture_inputs
 
 pytestmark = pytest.mark.skipif(
@@ -64,9 +64,7 @@ def test_vanishing_expert_input_amax_gets_sibling_scale(arch, vanishing, device,
                                for e in range(4) if e != DARK) for name in (lay.gate, lay.up, lay.down)}
 
     export_hf_checkpoint(model, export_dir=tmp_path / "ckpt")
-    tensors = {}
-    for f in sorted((tmp_path / "ckpt").glob("*.safetensors")):
-        tensors.update(load_file(f))
+    tensors = load_tensors(tmp_path / "ckpt")
     pre = expert_prefix(arch, LAYER, DARK)
     for name in (lay.gate, lay.up, lay.down):
         got = tensors[f"{pre}.{name}.input_scale"]

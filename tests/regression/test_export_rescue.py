@@ -23,10 +23,10 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from _utils.devices import DEVICES
 from _utils.tiny_moe import ARCHS, build, calib_ids
+from modelopt_fork.checkpoint.load import load_tensors
 
 CONFIGS = ["NVFP4_DEFAULT_CFG", "NVFP4_AWQ_LITE_CFG"]
 RESCUE = "modelopt_calibration_rescue.pt"
@@ -103,10 +103,7 @@ def _export(model, out):
 
 
 def _assert_identical_checkpoints(direct, resumed):
-    a, b = {}, {}
-    for d, files in ((a, direct), (b, resumed)):
-        for f in sorted(files.glob("*.safetensors")):
-            d.update(load_file(f))
+    a, b = load_tensors(direct), load_tensors(resumed)
     assert a and a.keys() == b.keys(), sorted(a.keys() ^ b.keys())[:5]
     for key in a:
         assert (a[key].dtype, a[key].shape) == (b[key].dtype, b[key].shape), key

@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from _utils.tiny_moe import LAYOUTS, TRANSFORMERS_5, build, calib_ids, expert, expert_prefix, set_amax
+from modelopt_fork.checkpoint.load import load_tensors
 
 pytestmark = pytest.mark.skipif(
     TRANSFORMERS_5, reason="per-expert nn.Linear experts exist for these architectures only in transformers < 5"
@@ -31,9 +31,7 @@ def _export(model, out):
     from modelopt.torch.export import export_hf_checkpoint
 
     export_hf_checkpoint(model, export_dir=out)
-    tensors = {}
-    for f in sorted(out.glob("*.safetensors")):
-        tensors.update(load_file(f))
+    tensors = load_tensors(out)
     return tensors, json.loads((out / "hf_quant_config.json").read_text())
 
 
