@@ -8,6 +8,7 @@ import torch
 import transformers
 from packaging.version import Version
 
+from modelopt_fork.twin.build import calib_ids as twin_calib_ids
 from modelopt_fork.twin.scenarios import set_amax  # noqa: F401  (re-exported for the tests)
 
 TRANSFORMERS_5 = Version(transformers.__version__) >= Version("5.0")
@@ -66,8 +67,8 @@ def build(arch: str, *, seed: int = 0, device: str = "cpu", architectures: bool 
 
 
 def calib_ids(seed: int = 0, batch: int = 4, seq: int = 16, vocab: int = 128) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (batch, seq), generator=g)
+    """The twin builder's calibration ids, with this module's defaults (vocabulary 128)."""
+    return twin_calib_ids(vocab, seed=seed, batch=batch, seq=seq)
 
 
 def expert(model, arch: str, layer: int, idx: int):
