@@ -376,21 +376,15 @@ def _upstream_tree(args) -> Path:
     return upstream_tree(ROOT, version, tuple(args.upstream_with), log=lambda m: print(f"  {m}", flush=True))
 
 
+# the command-line settings a worker needs, passed as they are
+JOB_ARGS = ("device", "dtype", "layers", "experts", "batch", "seq", "repeats", "warmups", "export", "seed",
+            "threads", "cpus")
+
+
 def _job(args, impl, **kw) -> dict:
     return dict(
         impl=impl,
-        device=args.device,
-        dtype=args.dtype,
-        layers=args.layers,
-        experts=args.experts,
-        batch=args.batch,
-        seq=args.seq,
-        repeats=args.repeats,
-        warmups=args.warmups,
-        export=args.export,
-        seed=args.seed,
-        threads=args.threads,
-        cpus=args.cpus,
+        **{k: getattr(args, k) for k in JOB_ARGS},
         scratch=str(args.scratch) if args.scratch else None,
         **kw,
     )
