@@ -30,10 +30,13 @@ def cmd_check(args) -> int:
         print(f"check: {len(problems)} problem(s)")
         return 1
     print("check: series, headers and patches are consistent; every patch applies with no fuzz")
+    if args.green_from is not None and not args.green_from.is_file():
+        print(f"check: --green-from {args.green_from}: no such junit report")
+        return 2
     if args.red_green is not None:
         from .series.redgreen import format_rows, red_green
 
-        rows = red_green(args.root, args.red_green or None, log=_log)
+        rows = red_green(args.root, args.red_green or None, log=_log, green_from=args.green_from)
         print(format_rows(rows), flush=True)
         if not all(r.ok for r in rows):
             return 1
@@ -89,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tests", action="store_true", help="skip collecting the Test: ids with pytest")
     p.add_argument("--red-green", nargs="*", metavar="PATCH", default=None,
                    help="also prove each patch (or the PATCHes named): its Test: ids fail without it, pass with it")
+    p.add_argument("--green-from", type=Path, default=None, metavar="JUNIT.xml",
+                   help="with --red-green: take the green outcome of the ids that have items in this junit report "
+                        "(pytest -o junit_family=xunit1 --junitxml=..., run on the full series) instead of "
+                        "running them again")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("refresh", help="turn in-place edits of modelopt/ into patch files")

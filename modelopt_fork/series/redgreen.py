@@ -70,7 +70,7 @@ def run_pytest(root: Path, ids: list[str], tree: Path | None, workdir: Path) -> 
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rN", "-o", "junit_family=xunit1",
            "--continue-on-collection-errors", f"--junitxml={xml}", *ids]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-    cases = list(ET.parse(xml).getroot().iter("testcase")) if xml.is_file() else []
+    cases = _testcases(xml)
     if not cases:
         if len(ids) > 1:
             out: dict[str, Outcome] = {}
@@ -81,6 +81,15 @@ def run_pytest(root: Path, ids: list[str], tree: Path | None, workdir: Path) -> 
         raised = [ln[1:].strip() for ln in lines if ln.startswith("E   ")]  # pytest's "E   Error: ..." lines
         detail = raised[-1] if raised else "\n".join(lines[-3:])
         return {ids[0]: Outcome(Counter({"failed (collection error)": 1}), detail)}
+    return outcomes(cases, ids)
+
+
+def _testcases(xml: Path) -> list:
+    return list(ET.parse(xml).getroot().iter("testcase")) if Path(xml).is_file() else []
+
+
+def outcomes(cases, ids: list[str]) -> dict[str, Outcome]:
+    """Outcome per Test id from junit ``testcase`` elements (pytest's xunit1 report)."""
     out = {tid: Outcome() for tid in ids}
     for case in cases:
         file = case.get("file", "")
@@ -125,7 +134,10 @@ def _judge(name: str, tid: str, red_tree: str, red: Outcome, pristine: Outcome |
     return Row(name, tid, red_tree, red, pristine, green, not why, "; ".join(why))
 
 
-def red_green(root: Path, patches: list[str] | None = None, log=print) -> list[Row]:
+def red_green(root: Path, patches: list[str] | None = None, log=print, green_from: Path | None = None) -> list[Row]:
+    """Judge each patch. ``green_from``: a junit report (``-o junit_family=xunit1``) of a pytest run
+    of the full series, e.g. the test suite's own run; ids with an item in it take their green
+    outcome from it, the others are run."""
     root = Path(root).resolve()
     series = load_series(root)
     materialize(root, log=log)  # green = the checkout, up to date with the series
@@ -150,7 +162,13 @@ def red_green(root: Path, patches: list[str] | None = None, log=print) -> list[R
         # torch/transformers/modelopt imports once). Run side by side, one per core.
         every = list(dict.fromkeys(t for *_, ids in jobs for t in ids))
         ours = [t for t in every if t.startswith("tests/")]
-        runs = {("green", None): (every, None)}  # the longest runs first
+        green_known: dict[str, Outcome] = {}
+        if green_from is not None:
+            green_known = {t: o for t, o in outcomes(_testcases(green_from), every).items() if o.counts}
+        runs = {}
+        to_run = [t for t in every if t not in green_known]
+        if to_run:
+            runs[("green", None)] = (to_run, None)  # the longest runs first
         if ours:
             runs[("pristine", None)] = (ours, pristine)
         runs.update({("red", name): (ids, red) for name, red, _, ids in jobs})
@@ -163,7 +181,7 @@ def red_green(root: Path, patches: list[str] | None = None, log=print) -> list[R
 
         with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
             got = dict(pool.map(run, list(runs)))
-        pristine_out, green_out = got.get(("pristine", None), {}), got[("green", None)]
+        pristine_out, green_out = got.get(("pristine", None), {}), {**got.get(("green", None), {}), **green_known}
         return [
             _judge(name, t, red_tree, got[("red", name)][t], pristine_out.get(t) if t in ours else None, green_out[t])
             for name, _, red_tree, ids in jobs

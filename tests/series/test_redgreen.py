@@ -52,3 +52,23 @@ def test_a_file_that_cannot_be_collected_fails_its_ids_only(tmp_path):
     assert out["test_bad.py"].counts == Counter({"failed (collection error)": 1})
     assert "not_a_module_anywhere" in out["test_bad.py::test_a"].detail
     assert out["test_good.py::test_b"].counts == Counter({"passed": 1})
+
+
+def test_green_outcomes_can_come_from_the_suite_report(fork_project, repo_root, tmp_path):
+    # the suite's own junit report stands in for the green run: here it says the test failed,
+    # although it passes on the full series, so the verdict must follow the report
+    shutil.copyfile(repo_root / "conftest.py", fork_project / "conftest.py")
+    (fork_project / "pytest.ini").write_text("[pytest]\n")
+    (fork_project / "tests").mkdir()
+    (fork_project / "tests" / "test_marker.py").write_text(RED_GREEN_TEST)
+    add_patch_by_edit(fork_project, "0001-marker.patch", append_line(str(INIT), "FORK_MARKER = 1"),
+                      test="tests/test_marker.py::test_marker")
+    report = tmp_path / "suite.xml"
+    report.write_text(
+        '<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_marker" name="test_marker" file="tests/test_marker.py" line="4">'
+        '<failure message="assert 2 == 1">suite run</failure></testcase></testsuite></testsuites>'
+    )
+    (row,) = red_green(fork_project, log=quiet, green_from=report)
+    assert row.green.counts == Counter({"failed": 1}) and row.green.detail == "assert 2 == 1"
+    assert not row.ok and "does not pass with the patch" in row.why
