@@ -86,7 +86,7 @@ if str(ROOT) not in sys.path:  # as the orchestrator: modelopt_fork from this ch
     sys.path.append(str(ROOT))
 
 from modelopt_fork.bench.measure import stats  # noqa: E402
-from modelopt_fork.bench.procs import run_worker, worker_env  # noqa: E402
+from modelopt_fork.bench.procs import first_line, run_worker, worker_env  # noqa: E402
 from modelopt_fork.bench.record import Recorder  # noqa: E402
 from modelopt_fork.bench.scaling import analyse  # noqa: E402
 
@@ -174,11 +174,6 @@ def _err(rec: dict) -> str:
     return f" [{e}]" if e else ""
 
 
-def _first_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]
-
-
 def _build(arch, experts, job):
     import torch
 
@@ -210,7 +205,7 @@ def _round(arch, experts, cfg, job, *, ids, do_export: bool) -> dict:
     try:
         twin = _build(arch, experts, job)
     except Exception as e:  # noqa: BLE001 -- e.g. fewer experts than top-k: recorded
-        return {"calibrate_error": f"build: {_first_line(e)}", "trace": traceback.format_exc()[-3000:]}
+        return {"calibrate_error": f"build: {first_line(e)}", "trace": traceback.format_exc()[-3000:]}
     rec["build_s"] = time.perf_counter() - t0
     rec["params"] = sum(p.numel() for p in twin.model.parameters())
     ids = ids.to(dev)
@@ -223,7 +218,7 @@ def _round(arch, experts, cfg, job, *, ids, do_export: bool) -> dict:
         with phase(dev, rec, "calibrate"):
             mtq.quantize(twin.model, getattr(mtq, cfg), loop)
     except Exception as e:  # noqa: BLE001 -- recorded, the benchmark goes on
-        rec["calibrate_error"], rec["trace"] = _first_line(e), traceback.format_exc()[-3000:]
+        rec["calibrate_error"], rec["trace"] = first_line(e), traceback.format_exc()[-3000:]
         do_export = False
     if do_export:
         out = Path(tempfile.mkdtemp(prefix="moe-scale-", dir=job.get("scratch")))
@@ -232,7 +227,7 @@ def _round(arch, experts, cfg, job, *, ids, do_export: bool) -> dict:
                 export_hf_checkpoint(twin.model, export_dir=out, **EXPORT_KWARGS[job["impl"]])
             rec["export_bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         except Exception as e:  # noqa: BLE001
-            rec["export_error"], rec["trace"] = _first_line(e), traceback.format_exc()[-3000:]
+            rec["export_error"], rec["trace"] = first_line(e), traceback.format_exc()[-3000:]
             rec.pop("export_s", None)
             rec.pop("export_peak_gib", None)
         finally:
@@ -434,11 +429,11 @@ def orchestrate(args) -> int:
             rec.update_meta(upstream_tree=str(tree))
         except Exception as e:  # noqa: BLE001
             print(
-                f"no pristine upstream tree ({_first_line(e)}): carry .modelopt-fork/ (the pinned wheel "
+                f"no pristine upstream tree ({first_line(e)}): carry .modelopt-fork/ (the pinned wheel "
                 "cache) or pass --upstream-tree; fork-only figures follow",
                 flush=True,
             )
-            rec.update_meta(upstream_error=_first_line(e))
+            rec.update_meta(upstream_error=first_line(e))
     ratio_end = end - (args.budget_s * args.sweep_share if "sweep" in args.parts else 0.0)
     if "ratios" in args.parts:
         impls = [i for i in args.impls if tree or i != "upstream"]

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from modelopt_fork.bench.procs import run_worker, worker_env  # noqa: E402
+from modelopt_fork.bench.procs import first_line, run_worker, worker_env  # noqa: E402
 from modelopt_fork.bench.record import Recorder  # noqa: E402
 from modelopt_fork.twin.fsdp2_export import calibrate_and_export  # noqa: E402
 
@@ -91,11 +91,6 @@ def parse(argv=None):
     if args.case is None and args.out is None:
         ap.error("--out is required")
     return args
-
-
-def _first_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -161,7 +156,7 @@ def _single_process_case(args) -> dict:
         rec["layers_split"] = len(layer_devs) >= 2
         calibrate_and_export(model, ids, args.cfg, args.dst, rec)
     except Exception as e:  # noqa: BLE001 -- the case reports, the comparison goes on
-        rec["error"], rec["trace"] = _first_line(e), traceback.format_exc()[-4000:]
+        rec["error"], rec["trace"] = first_line(e), traceback.format_exc()[-4000:]
     return rec
 
 
@@ -277,8 +272,8 @@ def orchestrate(args) -> int:
             try:
                 info = _make_source(args, arch, src)
             except Exception as e:  # noqa: BLE001
-                rows.append(rec.add(dict(arch=arch, case="source", error=_first_line(e))))
-                print(f"{arch}: cannot build the twin: {_first_line(e)}", flush=True)
+                rows.append(rec.add(dict(arch=arch, case="source", error=first_line(e))))
+                print(f"{arch}: cannot build the twin: {first_line(e)}", flush=True)
                 continue
             rec.add(dict(arch=arch, case="source", **info))
             for case in [c for c in CASES if c in args.cases]:

@@ -56,6 +56,12 @@ def worker_env(root: Path, tree: Path | None = None, *, base: dict | None = None
     return env
 
 
+def first_line(e: BaseException) -> str:
+    """``Type: first line of the message``, short enough for a table cell or a record."""
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:240]
+
+
 def check_modelopt_origin() -> str:
     """In a worker: where ``modelopt`` comes from; exits with code 3 if not from ``$MODELOPT_FORK_TREE``."""
     import modelopt

@@ -78,10 +78,15 @@ def run_pytest(root: Path, ids: list[str], tree: Path | None, workdir: Path) -> 
                 out.update(run_pytest(root, [tid], tree, workdir))
             return out
         lines = (proc.stdout + proc.stderr).strip().splitlines()
-        raised = [ln[1:].strip() for ln in lines if ln.startswith("E   ")]  # pytest's "E   Error: ..." lines
-        detail = raised[-1] if raised else "\n".join(lines[-3:])
+        detail = _last_raised(lines) or "\n".join(lines[-3:])
         return {ids[0]: Outcome(Counter({"failed (collection error)": 1}), detail)}
     return outcomes(cases, ids)
+
+
+def _last_raised(lines: list[str]) -> str:
+    """The last of pytest's ``E   Error: ...`` lines ("" if none)."""
+    raised = [ln[1:].strip() for ln in lines if ln.startswith("E   ")]
+    return raised[-1] if raised else ""
 
 
 def _testcases(xml: Path) -> list:
@@ -100,8 +105,7 @@ def outcomes(cases, ids: list[str]) -> dict[str, Outcome]:
                 kind, message = "failed", message or (child.get("message") or "").strip()
                 if message == "collection failure":  # the whole file: say what it raised
                     kind = "failed (collection error)"
-                    raised = [ln[1:].strip() for ln in (child.text or "").splitlines() if ln.startswith("E   ")]
-                    message = raised[-1] if raised else message
+                    message = _last_raised((child.text or "").splitlines()) or message
             elif child.tag == "skipped":
                 kind = "skipped"
         for tid in ids:
@@ -183,7 +187,7 @@ def red_green(root: Path, patches: list[str] | None = None, log=print, green_fro
             got = dict(pool.map(run, list(runs)))
         pristine_out, green_out = got.get(("pristine", None), {}), {**got.get(("green", None), {}), **green_known}
         return [
-            _judge(name, t, red_tree, got[("red", name)][t], pristine_out.get(t) if t in ours else None, green_out[t])
+            _judge(name, t, red_tree, got[("red", name)][t], pristine_out.get(t), green_out[t])
             for name, _, red_tree, ids in jobs
             for t in ids
         ]

@@ -73,6 +73,7 @@ def export_fsdp2(src: Path, ids: torch.Tensor, cfg: str, dst: Path, *, device: s
 
     from modelopt.torch.quantization.utils import patch_fsdp_mp_dtypes
     from modelopt.torch.utils.distributed import fsdp2_wrap, is_fsdp2_model
+    from modelopt_fork.bench.procs import first_line
 
     rank = dist.get_rank()
     rec: dict = dict(case="fsdp2", world=dist.get_world_size(), torch=torch.__version__)
@@ -90,7 +91,7 @@ def export_fsdp2(src: Path, ids: torch.Tensor, cfg: str, dst: Path, *, device: s
             calibrate_and_export(model, ids, cfg, dst, rec)
             dist.barrier()
     except Exception as e:  # noqa: BLE001 -- every rank reports; rank 0 returns the first error
-        rec["error"] = f"rank {rank}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        rec["error"] = f"rank {rank}: {first_line(e)}"
         rec["trace"] = traceback.format_exc()[-4000:]
     errors = [None] * dist.get_world_size()
     dist.all_gather_object(errors, rec.get("error"))

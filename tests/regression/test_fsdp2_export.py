@@ -10,7 +10,6 @@ process reproduces it. Fixed by patch 0013.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 import modelopt
 from _utils.devices import DEVICES
 from _utils.tiny_moe import TRANSFORMERS_5
-from modelopt_fork.bench.procs import PREFIX, worker_env
+from modelopt_fork.bench.procs import run_worker, worker_env
 from modelopt_fork.checkpoint.compare import compare_checkpoints
 from modelopt_fork.twin.build import build_twin, calib_ids
 from modelopt_fork.twin.fsdp2_export import calibrate_and_export
@@ -51,10 +50,11 @@ def test_fsdp2_export_equals_single_process_export(device, tmp_path):
            str(src / "calib_ids.pt"), "--dst", str(tmp_path / "fsdp2"), "--device", device]
     env = worker_env(ROOT, tree, cwd=ROOT)
     env["OMP_NUM_THREADS"] = "1"
-    p = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    results = [line[len(PREFIX):] for line in p.stdout.splitlines() if line.startswith(PREFIX)]
-    assert p.returncode == 0 and results, f"exit {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
-    assert '"error"' not in results[0], results[0][:4000]
+    results: list[dict] = []
+    rc, tail = run_worker(cmd, env=env, cwd=tmp_path, log_path=tmp_path / "fsdp2.log", on_result=results.append,
+                          timeout=600)
+    assert rc == 0 and results, f"exit {rc}\n{tail}"
+    assert "error" not in results[0], f"{results[0]['error']}\n{results[0].get('trace', '')}"
 
     assert list((tmp_path / "fsdp2").glob("*.safetensors")), "the FSDP2 export wrote no safetensors"
     diff = compare_checkpoints(tmp_path / "single", tmp_path / "fsdp2")

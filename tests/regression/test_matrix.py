@@ -13,7 +13,7 @@ import pytest
 
 from _utils.devices import DEVICES
 from modelopt_fork.matrix.axes import all_cells
-from modelopt_fork.matrix.cell import run_cell
+from modelopt_fork.matrix.cell import run_cell, stages_for
 
 
 def _fast(cfg: str, scenario: str) -> bool:
@@ -29,12 +29,7 @@ CELLS = [
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch,cfg,scenario", CELLS)
 def test_cell(arch, cfg, scenario, device, tmp_path):
-    # On CUDA the reference-runtime stage is left out: the reference emulates the CPU fake
-    # quant bit for bit, while a CUDA-calibrated and CUDA-exported checkpoint carries the
-    # Triton kernel's and torch-on-CUDA's division roundings (tests/gpu/RESULTS.md); the
-    # reference runtime's CUDA agreement is tested with its own bound in tests/reference.
-    stages = ("validate", "reference") if device == "cpu" else ("validate",)
-    r = run_cell(arch, cfg, scenario, device=device, out_dir=tmp_path, seed=3, stages=stages)
+    r = run_cell(arch, cfg, scenario, device=device, out_dir=tmp_path, seed=3, stages=stages_for(device))
     assert r.ok, f"{r.stage}: {r.error}\n{r.detail}"
     dark = r.dark_experts
     if scenario == "dark-experts":

@@ -22,13 +22,18 @@ def test_vacuous():
 '''
 
 
-def test_red_green_detects_proven_and_unproven_patches(fork_project, repo_root):
+def _marker_project(fork_project, repo_root):
+    """The throwaway project with its tests and 0001-marker.patch, proven by tests/test_marker.py::test_marker."""
     shutil.copyfile(repo_root / "conftest.py", fork_project / "conftest.py")
     (fork_project / "pytest.ini").write_text("[pytest]\n")
     (fork_project / "tests").mkdir()
     (fork_project / "tests" / "test_marker.py").write_text(RED_GREEN_TEST)
     add_patch_by_edit(fork_project, "0001-marker.patch", append_line(str(INIT), "FORK_MARKER = 1"),
                       test="tests/test_marker.py::test_marker")
+
+
+def test_red_green_detects_proven_and_unproven_patches(fork_project, repo_root):
+    _marker_project(fork_project, repo_root)
     add_patch_by_edit(fork_project, "0002-other.patch", append_line(str(INIT), "OTHER = 2"),
                       test="tests/test_marker.py::test_vacuous")
     rows = red_green(fork_project, log=quiet)
@@ -57,12 +62,7 @@ def test_a_file_that_cannot_be_collected_fails_its_ids_only(tmp_path):
 def test_green_outcomes_can_come_from_the_suite_report(fork_project, repo_root, tmp_path):
     # the suite's own junit report stands in for the green run: here it says the test failed,
     # although it passes on the full series, so the verdict must follow the report
-    shutil.copyfile(repo_root / "conftest.py", fork_project / "conftest.py")
-    (fork_project / "pytest.ini").write_text("[pytest]\n")
-    (fork_project / "tests").mkdir()
-    (fork_project / "tests" / "test_marker.py").write_text(RED_GREEN_TEST)
-    add_patch_by_edit(fork_project, "0001-marker.patch", append_line(str(INIT), "FORK_MARKER = 1"),
-                      test="tests/test_marker.py::test_marker")
+    _marker_project(fork_project, repo_root)
     report = tmp_path / "suite.xml"
     report.write_text(
         '<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">'
