@@ -11,7 +11,7 @@ Formats (NVIDIA NVFP4, as ModelOpt exports it and vLLM / TensorRT-LLM read it):
   ``global_scale = 1 / input_scale``). Block scale ``fp8_e4m3(block_amax / (6 * input_scale))``,
   element ``E2M1(|x| / (fp8_scale * input_scale))``, round half to even, saturating at 6.
 
-``quantize_activation`` offers two conventions that differ only in how the last bits of the
+``quantize_activation`` offers three conventions that differ only in how the last bits of the
 divisions round (see its docstring); nothing here imports ``modelopt``.
 """
 
@@ -39,7 +39,7 @@ E2M1_MAX = 6.0
 E4M3_MAX = 448.0
 # Midpoints between consecutive magnitudes: a value exactly on one is a tie.
 _E2M1_MIDPOINTS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
-CONVENTIONS = ("modelopt", "runtime")
+CONVENTIONS = ("modelopt", "runtime", "vllm")
 
 
 def e2m1_code_table(device=None) -> torch.Tensor:
@@ -151,6 +151,10 @@ def quantize_activation(x: torch.Tensor, input_scale, block_size: int = 16, conv
       multiply by reciprocals): ``sf = fp8(min(g * (block_amax * (1/6)), 448))``;
       ``E2M1(x * (1 / (sf * (1/g))))`` (0 where ``sf == 0``), dequantized as ``q * (sf / g)``
       (vLLM's ``ref_nvfp4_quant_dequant``; a GEMM applies ``input_scale`` after accumulating).
+    ``convention="vllm"`` (vLLM 0.25.1's NVFP4 emulation on CUDA, the Triton kernel
+      ``_nvfp4_quant_dequant_kernel`` in ``quantization/utils/nvfp4_emulation_utils.py`` that the
+      emulation linear and MoE backends run): ``sf = fp8(clamp(g * (block_amax * (1/6)), 448))``,
+      ``E2M1(clamp(x * (g / sf), -6, 6))`` (0 where ``sf == 0``), dequantized as ``q * (sf / g)``.
 
     The two agree except (a) where a value sits within an ulp of an E2M1 or FP8 rounding
     boundary (the reciprocal products round differently from the quotients) and (b) blocks
@@ -173,11 +177,19 @@ def quantize_activation(x: torch.Tensor, input_scale, block_size: int = 16, conv
         scale = _to_e4m3(bmax / (E2M1_MAX * s)) * s
         scale = torch.where(scale < 1e-5, torch.ones_like(scale), scale)
         y = round_to_e2m1(xb / scale) * scale
-    else:
+    elif convention == "runtime":
         g = 1.0 / s
         sf = _to_e4m3(g * (bmax * (1.0 / E2M1_MAX)))
         recip = torch.where(sf == 0, torch.zeros_like(sf), 1.0 / (sf * (1.0 / g)))
         y = round_to_e2m1(xb * recip) * (sf / g)
+    else:
+        g = 1.0 / s
+        if not bool(torch.isfinite(g)):
+            raise ValueError(f"input_scale {s.item()!r} has no finite reciprocal: vLLM's global scale "
+                             "1 / input_scale overflows and the activations become NaN")
+        sf = _to_e4m3(g * (bmax * (1.0 / E2M1_MAX)))
+        out_scale = torch.where(sf == 0, torch.zeros_like(sf), g / sf)
+        y = round_to_e2m1((xb * out_scale).clamp(-E2M1_MAX, E2M1_MAX)) * (sf / g)
     y = y.view(x2.shape)
     if pad:
         y = y[:, :n]

@@ -54,13 +54,21 @@ def load_checkpoint_tensors(checkpoint_dir) -> dict[str, torch.Tensor]:
 
 @dataclass
 class _QuantWeight:
-    """One exported quantized linear: dequantized weight and its activation scales."""
+    """One exported quantized linear: dequantized weight and its activation scales.
+
+    ``packed`` / ``block_scale`` / ``weight_scale_2`` keep the checkpoint's tensors so the weight
+    can be dequantized again under another global scale (:meth:`with_weight_scale_2`: vLLM
+    dequantizes every shard of a fused layer with one ``weight_scale_2``).
+    """
 
     name: str
     weight: torch.Tensor  # float32 [out, in]
     input_scale: torch.Tensor | None
     pre_quant_scale: torch.Tensor | None
     bias: torch.Tensor | None
+    packed: torch.Tensor | None = None
+    block_scale: torch.Tensor | None = None
+    weight_scale_2: torch.Tensor | None = None
 
     @classmethod
     def from_checkpoint(cls, name: str, t: dict[str, torch.Tensor], device) -> _QuantWeight:
@@ -72,8 +80,9 @@ class _QuantWeight:
                 return None
             return t[key].to(device)
 
+        packed, block_scale, ws2 = get("weight"), get("weight_scale"), get("weight_scale_2")
         try:
-            w = dequantize_weight(get("weight"), get("weight_scale"), get("weight_scale_2"))
+            w = dequantize_weight(packed, block_scale, ws2)
         except ValueError as e:
             raise ReferenceLoadError(f"{name}: {e}") from e
         pqs = get("pre_quant_scale", False)
@@ -81,17 +90,38 @@ class _QuantWeight:
             raise ReferenceLoadError(f"{name}.pre_quant_scale has shape {tuple(pqs.shape)}, expected ({w.shape[1]},)")
         bias = get("bias", False)
         return cls(name, w, get("input_scale", False), None if pqs is None else pqs.float(),
-                   None if bias is None else bias.float())
+                   None if bias is None else bias.float(), packed, block_scale, ws2.float().reshape(()))
+
+    def with_scales(self, input_scale: torch.Tensor | None, weight_scale_2: torch.Tensor) -> _QuantWeight:
+        """This linear with another activation scale and its weight dequantized under ``weight_scale_2``."""
+        w = self.weight
+        if not torch.equal(weight_scale_2, self.weight_scale_2):
+            w = dequantize_weight(self.packed, self.block_scale, weight_scale_2)
+        return _QuantWeight(self.name, w, input_scale, self.pre_quant_scale, self.bias, self.packed,
+                            self.block_scale, weight_scale_2)
 
 
-def _quantized_matmul(x: torch.Tensor, weight: torch.Tensor, input_scale, pre_quant_scale, bias, convention
-                      ) -> torch.Tensor:
-    """float32 ``x`` -> NVFP4 activation fake quant (after pre_quant_scale) -> ``x @ weight.T + bias``."""
+def _quantized_matmul(x: torch.Tensor, weight: torch.Tensor, input_scale, pre_quant_scale, bias, convention,
+                      dtype: torch.dtype = torch.float32, round_output: bool = True) -> torch.Tensor:
+    """float32 ``x`` -> NVFP4 activation fake quant (after pre_quant_scale) -> ``x @ weight.T + bias``.
+
+    ``convention="vllm"``: as vLLM's emulation backends compute it, the quantized activation and
+    the dequantized weight are rounded to the model ``dtype`` and multiplied with float32
+    accumulation; the product is rounded to ``dtype`` (unless ``round_output`` is False: the fused
+    MoE kernel applies the routing weight to the float32 accumulator first) and the bias is added
+    in ``dtype``. The other conventions compute in float32 throughout.
+    """
     if pre_quant_scale is not None:
         x = x * pre_quant_scale
     if input_scale is not None:
         x = quantize_activation(x, input_scale, convention=convention)
-    return nn.functional.linear(x, weight, bias)
+    if convention != "vllm":
+        return nn.functional.linear(x, weight, bias)
+    y = nn.functional.linear(x.to(dtype).float(), weight.to(dtype).float())
+    if not round_output:
+        return y
+    y = y.to(dtype)
+    return (y if bias is None else y + bias.to(dtype)).float()
 
 
 class ReferenceLinear(nn.Module):
@@ -102,14 +132,23 @@ class ReferenceLinear(nn.Module):
         self.name = q.name
         self.convention = convention
         self.out_features, self.in_features = q.weight.shape
+        self.quant = q
+        self._set(q)
+
+    def _set(self, q: _QuantWeight) -> None:
+        self.quant = q
         self.register_buffer("weight", q.weight)
         self.register_buffer("bias", q.bias)
         self.register_buffer("input_scale", q.input_scale)
         self.register_buffer("pre_quant_scale", q.pre_quant_scale)
 
+    def set_scales(self, input_scale: torch.Tensor | None, weight_scale_2: torch.Tensor) -> None:
+        """Run with ``input_scale`` and the weight dequantized under ``weight_scale_2``."""
+        self._set(self.quant.with_scales(input_scale, weight_scale_2))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _quantized_matmul(x.float(), self.weight, self.input_scale, self.pre_quant_scale, self.bias,
-                              self.convention)
+                              self.convention, x.dtype)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -129,23 +168,33 @@ class _ExpertProjection(nn.Module):
         super().__init__()
         self.convention = convention
         self.sources = [p.name for p in pieces]  # checkpoint names of the pieces, in row order
-        groups: list[list[_QuantWeight]] = []
         for p in pieces:
             if p.bias is not None:
                 raise ReferenceLoadError(f"{p.name}: fused experts with a bias are not supported")
+        self.set_pieces(pieces)
+
+    def set_pieces(self, pieces: list[_QuantWeight]) -> None:
+        self.pieces = pieces
+        groups: list[list[_QuantWeight]] = []
+        for p in pieces:
             if groups and _same_scales(groups[-1][0], p):
                 groups[-1].append(p)
             else:
                 groups.append([p])
+        for i in range(len(groups), getattr(self, "n", 0)):  # groups merged: drop the stale buffers
+            for b in ("weight", "input_scale", "pre_quant_scale"):
+                del self._buffers[f"{b}_{i}"]
         self.n = len(groups)
         for i, g in enumerate(groups):
             self.register_buffer(f"weight_{i}", torch.cat([p.weight for p in g]))
             self.register_buffer(f"input_scale_{i}", g[0].input_scale)
             self.register_buffer(f"pre_quant_scale_{i}", g[0].pre_quant_scale)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dtype: torch.dtype = torch.float32, round_output: bool = True
+                ) -> torch.Tensor:
         outs = [_quantized_matmul(x, getattr(self, f"weight_{i}"), getattr(self, f"input_scale_{i}"),
-                                  getattr(self, f"pre_quant_scale_{i}"), None, self.convention) for i in range(self.n)]
+                                  getattr(self, f"pre_quant_scale_{i}"), None, self.convention, dtype,
+                                  round_output) for i in range(self.n)]
         return outs[0] if self.n == 1 else torch.cat(outs, dim=-1)
 
 
@@ -169,6 +218,7 @@ class ReferenceFusedExperts(nn.Module):
                  down: list[list[_QuantWeight]], convention: str = "modelopt"):
         super().__init__()
         self.name = name
+        self.convention = convention
         self.num_experts = num_experts
         self.act_fn = act_fn
         self.gated = gated
@@ -190,18 +240,36 @@ class ReferenceFusedExperts(nn.Module):
             h = self.act_fn(h)
         return self.down[e](h)
 
+    def _vllm_expert_forward(self, e: int, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype
+                             ) -> torch.Tensor:
+        """Expert ``e`` as vLLM's emulated fused MoE runs it: w13 GEMM rounded to ``dtype``, the
+        activation in ``dtype``, the w2 GEMM's float32 accumulator times the routing weight, then
+        rounded to ``dtype``."""
+        h = self.first[e](x, dtype).to(dtype)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.act_fn(gate) * up
+        else:
+            h = self.act_fn(h)
+        y = self.down[e](h.float(), dtype, round_output=False)
+        return (y * weight.float()).to(dtype)
+
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
                 ) -> torch.Tensor:
-        out = torch.zeros_like(hidden_states)
+        vllm = self.convention == "vllm"
+        out = torch.zeros_like(hidden_states, dtype=torch.float32 if vllm else hidden_states.dtype)
         with torch.no_grad():
             mask = nn.functional.one_hot(top_k_index, num_classes=self.num_experts).permute(2, 1, 0)
             hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero()
         for e in hit[:, 0].tolist():
             top_k_pos, token_idx = torch.where(mask[e])
-            y = self.expert_forward(e, hidden_states[token_idx].float())
-            y = y * top_k_weights[token_idx, top_k_pos, None]
+            weight = top_k_weights[token_idx, top_k_pos, None]
+            if vllm:
+                y = self._vllm_expert_forward(e, hidden_states[token_idx].float(), weight, hidden_states.dtype)
+            else:
+                y = self.expert_forward(e, hidden_states[token_idx].float()) * weight
             out.index_add_(0, token_idx, y.to(out.dtype))
-        return out
+        return out.to(hidden_states.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.name}: {self.num_experts} experts, gated={self.gated}"
@@ -344,6 +412,10 @@ def load_reference_model(checkpoint_dir, device="cpu", dtype=torch.float32, conv
         if place is None:
             raise ReferenceLoadError(f"quantized linear {q}: no model tensor corresponds to {q}.weight")
         qw = _QuantWeight.from_checkpoint(q, tensors, device)
+        if convention == "vllm" and qw.pre_quant_scale is not None:
+            raise ReferenceLoadError(
+                f"{q}.pre_quant_scale: vLLM's NVFP4 layers have no parameter for an AWQ pre_quant_scale and "
+                "refuse the checkpoint (models/utils.py, routed_experts.py); it must be folded at export")
         module_name, _, attr = place.model_key.rpartition(".")
         if place.expert is None:
             mod = model.get_submodule(module_name)
@@ -390,6 +462,8 @@ def load_reference_model(checkpoint_dir, device="cpu", dtype=torch.float32, conv
     missing = [k for k in sd if k not in tied_loaded and not any(k.startswith(r + ".") for r in replaced)]
     if missing:
         raise ReferenceLoadError(f"model tensors without a value in {checkpoint_dir}: {missing}")
+    if convention == "vllm":
+        _share_scales_like_vllm(model)
     return model.to(device).eval()
 
 
@@ -426,3 +500,84 @@ def _fused_replacement(name: str, mod: nn.Module, by_attr: dict, convention: str
             lists[attr].append([qw for _, qw in got])
     return ReferenceFusedExperts(name, num_experts, mod.act_fn, gated, lists[first_attr], lists["down_proj"],
                                  convention)
+
+
+# ---------------------------------------------------------------------------------------------
+# The scales vLLM actually uses (convention="vllm")
+
+# Sibling linears vLLM loads into one fused layer (each model's ``packed_modules_mapping``):
+# q/k/v -> qkv_proj, gate/up -> gate_up_proj, DeepSeek MLA q_a/kv_a -> fused_qkv_a_proj. It
+# keeps one ``input_scale`` and one ``weight_scale_2`` per fused layer, the max over the shards
+# (quantization/modelopt.py, ModelOptNvFp4LinearMethod.process_weights_after_loading), and
+# dequantizes every shard's block scales under it.
+DENSE_FUSED_SHARDS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("q_a_proj", "kv_a_proj_with_mqa"))
+# Per-expert projections vLLM stacks into the w13 (gate, up) and w2 (down) tensors of a fused MoE.
+EXPERT_W13 = (("gate_proj", "up_proj"), ("w1", "w3"))
+EXPERT_W2 = ("down_proj", "w2")
+
+
+def _max(scales: list[torch.Tensor | None]) -> torch.Tensor | None:
+    present = [s.float().reshape(()) for s in scales if s is not None]
+    return torch.stack(present).max() if present else None
+
+
+def _share_scales_like_vllm(model: nn.Module) -> None:
+    """Give every quantized linear the activation and weight global scales vLLM 0.25.1 runs it with.
+
+    * Fused shards of a dense layer (``DENSE_FUSED_SHARDS``): the max ``input_scale`` and the max
+      ``weight_scale_2`` of the shards.
+    * MoE experts (NVFP4 emulation MoE backend, ``fused_moe/oracle/nvfp4.py``
+      ``convert_to_nvfp4_moe_kernel_format``): one activation scale for all w13 inputs of the
+      layer (the max over experts and over gate/up) and one for all w2 inputs (the max over
+      experts); each expert's up projection is dequantized with its gate's ``weight_scale_2``
+      (``ModelOptNvFp4FusedMoE.process_weights_after_loading`` keeps ``w13_weight_scale_2[:, 0]``).
+    """
+    in_expert_lists = set()
+    for module in model.modules():
+        if isinstance(module, ReferenceFusedExperts):
+            _share_fused_expert_scales(module)
+        experts = getattr(module, "experts", None)
+        if isinstance(experts, nn.ModuleList) and any(isinstance(m, ReferenceLinear) for m in experts.modules()):
+            _share_expert_list_scales(experts)
+            in_expert_lists |= {id(m) for m in experts.modules()}
+    for module in model.modules():
+        if id(module) in in_expert_lists:
+            continue
+        for names in DENSE_FUSED_SHARDS:
+            shards = [getattr(module, n, None) for n in names]
+            if all(isinstance(m, ReferenceLinear) for m in shards):
+                a = _max([m.input_scale for m in shards])
+                w = _max([m.quant.weight_scale_2 for m in shards])
+                for m in shards:
+                    m.set_scales(a, w)
+
+
+def _share_expert_list_scales(experts: nn.ModuleList) -> None:
+    """Per-expert linears (transformers < 5 layout): the layer-wide w13 / w2 activation scales."""
+    w13: list[tuple[ReferenceLinear, ReferenceLinear | None]] = []
+    w2: list[ReferenceLinear] = []
+    for expert in experts:
+        pair = next(((getattr(expert, g), getattr(expert, u, None)) for g, u in EXPERT_W13
+                     if isinstance(getattr(expert, g, None), ReferenceLinear)), None)
+        if pair is not None:
+            w13.append(pair)
+        w2 += [getattr(expert, n) for n in EXPERT_W2 if isinstance(getattr(expert, n, None), ReferenceLinear)]
+    a13 = _max([m.input_scale for pair in w13 for m in pair if m is not None])
+    a2 = _max([m.input_scale for m in w2])
+    for gate, up in w13:
+        gate.set_scales(a13, gate.quant.weight_scale_2)
+        if up is not None:
+            up.set_scales(a13, gate.quant.weight_scale_2)
+    for m in w2:
+        m.set_scales(a2, m.quant.weight_scale_2)
+
+
+def _share_fused_expert_scales(module: ReferenceFusedExperts) -> None:
+    """3-D fused experts: the same rules on the exported pieces (gate rows first, then up rows)."""
+    a13 = _max([p.input_scale for proj in module.first for p in proj.pieces])
+    a2 = _max([p.input_scale for proj in module.down for p in proj.pieces])
+    for proj in module.first:
+        ws2 = proj.pieces[0].weight_scale_2
+        proj.set_pieces([p.with_scales(a13, ws2) for p in proj.pieces])
+    for proj in module.down:
+        proj.set_pieces([p.with_scales(a2, p.weight_scale_2) for p in proj.pieces])

@@ -44,9 +44,32 @@ EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "mo
 TOP_K_KEYS = ("num_experts_per_tok", "top_k_experts", "moe_topk", "moe_k")
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 DROP_KEYS = ("quantization_config", "auto_map", "_name_or_path", "transformers_version")
+# ``widths="runtime"``: the smallest widths a real runtime's kernels take. vLLM's Marlin NVFP4
+# kernels need every linear's in_features % 128 == 0 and out_features % 64 == 0 (marlin_utils.py:
+# GPTQ_MARLIN_MIN_THREAD_K / _N) and a fused MoE's hidden % 128 == 0, intermediate % 64 == 0
+# (check_moe_marlin_supports_layer); with 4 heads of 64 and 2 KV heads every projection fits.
+RUNTIME = {
+    **TINY,
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "moe_intermediate_size": 128,
+    "shared_expert_intermediate_size": 128,
+    "ffn_hidden_size": 512,
+    "head_dim": 64,
+    "global_head_dim": 128,
+    "q_lora_rank": 128,
+    "kv_lora_rank": 128,
+    "qk_nope_head_dim": 64,
+    "qk_rope_head_dim": 64,
+    "v_head_dim": 64,
+    "max_position_embeddings": 512,
+    "sliding_window": 64,
+    "vocab_size": 256,
+    "vocab_size_per_layer_input": 256,
+}
 HEADS = 4
 REAL_WIDTHS_VOCAB = 1024
-WIDTHS = ("tiny", "real")
+WIDTHS = ("tiny", "runtime", "real")
 
 
 def text_part(raw: dict) -> dict:
@@ -73,7 +96,7 @@ def shrink(raw: dict, *, layers: int = 2, num_experts: int | str | None = None,
     for k in DROP_KEYS:
         d.pop(k, None)
     rope = d.get("rope_scaling") or d.get("rope_parameters") or {}
-    for k, v in TINY.items():
+    for k, v in (RUNTIME if widths == "runtime" else TINY).items():
         if d.get(k) is not None:
             d[k] = v
     if isinstance(rope, dict) and "original_max_position_embeddings" in rope:

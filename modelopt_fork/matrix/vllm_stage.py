@@ -1,0 +1,181 @@
+"""The vLLM stage of the matrix, export side: a cell's checkpoint plus everything vLLM is compared with.
+
+``export_cell`` builds the twin (runtime widths: shapes vLLM's NVFP4 kernels take, see
+``twin.shrink.RUNTIME``), runs the scenario, calibrates, exports, validates and writes next to
+the checkpoint:
+
+* ``prompt_ids.json``: held-out token ids (not the calibration tokens);
+* ``fake.npy``: full-vocab log-probs of the fake-quantized model as calibrated, on the device:
+  what the user measured, the model vLLM has to reproduce;
+* ``fake_cpu.npy`` (device runs): the same model evaluated on the CPU: two correct
+  evaluations of one quantized model that differ only in rounding (the noise floor, see
+  :data:`BOUND_FACTOR`);
+* ``original.npy``: the unquantized model;
+* ``reference.npy``: the reference runtime in vLLM's convention (same device and dtype).
+
+The twin runs in float32 by default: vLLM's NVFP4 emulation runs in float32 too (activation
+quant-dequant and the fused MoE kernel take float32), and then the two agree to float32
+rounding, a gate sharp enough to see any difference in what is computed. In bfloat16 a random
+twin is chaotic under FP4: a bf16 ulp anywhere flips an E2M1 rounding somewhere downstream,
+and two correct bf16 evaluations of one quantized model (CPU vs CUDA) already differ by a mean
+|delta log-prob| of ~0.03 (runtime widths), close to the cost of quantization itself
+(docs/vllm-stage.md); bf16 cells are recorded against their own floor.
+
+``python -m modelopt_fork.matrix.vllm_stage ARCH CFG SCENARIO OUT [...]`` runs one cell in a
+worker process and prints one ``RESULT {json}`` line. :mod:`.vllm_engine` then loads the
+checkpoint in vLLM; :func:`grade` compares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+PROMPT_LEN = 16
+# The agreement gate, vLLM (emulation) vs the fake-quantized model: mean |delta log-prob| at
+# most BOUND_FACTOR x the cell's noise floor (the same fake-quantized model on the device vs on
+# the CPU: ModelOpt's own two implementations, Triton kernel vs torch, which differ only in how
+# divisions round). vLLM is a third implementation of the same arithmetic, so it may differ
+# from either by about as much as they differ from each other; a factor 2 allows that and no
+# more. The floor is at least FLOOR_MIN (float32 rounding of log-probs of magnitude ~5).
+BOUND_FACTOR = 2.0
+FLOOR_MIN = 1e-6
+
+
+def logprobs(model, ids) -> np.ndarray:
+    import torch
+
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        return torch.log_softmax(model(ids.to(dev)).logits.float()[0], -1).cpu().numpy()
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> dict:
+    """max / mean |a - b| over finite entries, argmax agreement and KL(b || a) of log-prob rows."""
+    n, v = min(len(a), len(b)), min(a.shape[1], b.shape[1])
+    a, b = a[:n, :v].astype(np.float64), b[:n, :v].astype(np.float64)
+    both = np.isfinite(a) & np.isfinite(b)
+    d = np.where(both, np.abs(a - b), 0.0)
+    p = np.exp(b)
+    kl = np.where(p > 0, p * (b - np.where(np.isfinite(a), a, -1e30)), 0.0).sum(-1)
+    return {"max": float(d.max()), "mean": float(d.sum() / max(both.sum(), 1)),
+            "argmax": float((a.argmax(-1) == b.argmax(-1)).mean()), "kl": float(kl.mean()),
+            "nonfinite": int((~np.isfinite(a)).sum())}
+
+
+def agreement_bound(noise: dict) -> float:
+    """Largest mean |delta log-prob| accepted between vLLM and the fake-quantized model."""
+    return BOUND_FACTOR * max(noise["mean"], FLOOR_MIN)
+
+
+def export_cell(arch: str, cfg: str, scenario: str, out: Path, *, device: str = "cuda", widths: str = "runtime",
+                num_experts=None, seed: int = 0, dtype: str = "float32", save_unquantized: bool = False) -> dict:
+    """Build, calibrate, export and evaluate one cell; see the module docstring for what is written."""
+    import torch
+
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.export import export_hf_checkpoint
+
+    from ..checkpoint.validate import validate_checkpoint
+    from ..reference.runtime import load_reference_model
+    from ..twin import build_twin
+    from ..twin.build import calib_ids
+    from ..twin.scenarios import make
+
+    out = Path(out)
+    ckpt = out / "ckpt"
+    rec: dict = {"arch": arch, "cfg": cfg, "scenario": scenario, "widths": widths, "dtype": dtype, "ckpt": str(ckpt)}
+    t0 = time.perf_counter()
+    torch_dtype = getattr(torch, dtype)
+    twin = build_twin(arch, seed=seed, device=device, dtype=torch_dtype, num_experts=num_experts, widths=widths)
+    scen = make(scenario, twin, seed=seed)
+    scen.prepare(twin)
+    ids = calib_ids(twin.vocab_size, seed=seed + 1000, batch=1, seq=PROMPT_LEN)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "original.npy", logprobs(twin.model, ids))
+    if save_unquantized:  # a copy: save_pretrained rewrites the config's dtype, which export reads
+        copy.deepcopy(twin.model).save_pretrained(out / "unquantized")
+        (out / "unquantized" / "prompt_ids.json").write_text(json.dumps(ids[0].tolist()))
+    mtq.quantize(twin.model, getattr(mtq, cfg), scen.forward_loop)
+    scen.after_calibration(twin)
+    np.save(out / "fake.npy", logprobs(twin.model, ids))
+    if device != "cpu":
+        np.save(out / "fake_cpu.npy", logprobs(copy.deepcopy(twin.model).cpu(), ids))
+    export_hf_checkpoint(twin.model, export_dir=ckpt)
+    (ckpt / "prompt_ids.json").write_text(json.dumps(ids[0].tolist()))
+    rec["violations"] = [v.format() for v in validate_checkpoint(ckpt)]
+    try:
+        ref = load_reference_model(ckpt, device=device, dtype=torch_dtype, convention="vllm")
+        np.save(out / "reference.npy", logprobs(ref, ids))
+        rec["reference"] = "ok"
+    except Exception as e:  # noqa: BLE001 -- reported per cell
+        from ..bench.procs import first_line
+
+        rec["reference"] = first_line(e)
+    rec["seconds"] = round(time.perf_counter() - t0, 1)
+    return rec
+
+
+def grade(cell_dir: Path) -> dict:
+    """Compare what a cell's directory holds (after :mod:`.vllm_engine` ran on its checkpoint)."""
+    d = Path(cell_dir)
+
+    def load(name):
+        return np.load(d / name) if (d / name).is_file() else None
+
+    fake, fake_cpu, orig, ref = (load(n) for n in ("fake.npy", "fake_cpu.npy", "original.npy", "reference.npy"))
+    emul, auto = load("ckpt/vllm_emulation.npy"), load("ckpt/vllm_auto.npy")
+    g: dict = {"fake_vs_original": compare(fake, orig)}
+    if fake_cpu is not None:
+        g["noise"] = compare(fake_cpu, fake)
+        g["bound"] = agreement_bound(g["noise"])
+    if emul is not None:
+        g["vllm_vs_fake"] = compare(emul, fake)
+        if "bound" in g:
+            g["agrees"] = g["vllm_vs_fake"]["mean"] <= g["bound"] and g["vllm_vs_fake"]["nonfinite"] == 0
+        if ref is not None:
+            g["vllm_vs_reference"] = compare(emul, ref)
+    if ref is not None:
+        g["reference_vs_fake"] = compare(ref, fake)
+    if auto is not None:
+        g["marlin_vs_fake"] = compare(auto, fake)
+    unq = load("unquantized/vllm_unquantized.npy")
+    if unq is not None:
+        g["unquantized_vllm_vs_hf"] = compare(unq, orig)
+    return g
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="export one vLLM-stage cell (prints RESULT {json})")
+    ap.add_argument("arch")
+    ap.add_argument("cfg")
+    ap.add_argument("scenario")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--widths", default="runtime")
+    ap.add_argument("--experts", default=None, help="number of experts, or 'real'")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--save-unquantized", action="store_true", help="also save the unquantized twin")
+    a = ap.parse_args(argv)
+    experts = a.experts if a.experts in (None, "real") else int(a.experts)
+    rec = {"arch": a.arch, "cfg": a.cfg, "scenario": a.scenario}
+    try:
+        rec = export_cell(a.arch, a.cfg, a.scenario, a.out, device=a.device, widths=a.widths, num_experts=experts,
+                          dtype=a.dtype, save_unquantized=a.save_unquantized)
+        rec["exported"] = True
+    except Exception as e:  # noqa: BLE001 -- the driver records the failure
+        from ..bench.procs import first_line
+
+        rec.update(exported=False, error=first_line(e), where=traceback.format_exc(limit=-4))
+    print("RESULT " + json.dumps(rec), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
