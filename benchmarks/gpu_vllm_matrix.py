@@ -64,7 +64,9 @@ def export_phase(cells, out: Path, jobs: int, mo_site: str, device: str = "cuda"
         if cfg == CFGS[0] and scen == "full" and widths == "runtime":
             cmd.append("--save-unquantized")
         got = []
-        rc, tail = run_worker(cmd, env=env_for(mo_site), cwd=ROOT, log_path=d.parent / f"{d.name}.export.log",
+        # cwd outside the checkout: ``python -m`` puts the cwd first on sys.path, which would shadow
+        # a modelopt tree given first on PYTHONPATH (e.g. a base series to compare with)
+        rc, tail = run_worker(cmd, env=env_for(mo_site), cwd=out, log_path=d.parent / f"{d.name}.export.log",
                               on_result=got.append, timeout=900)
         rec = got[0] if got else {"exported": False, "error": f"worker exit {rc}: {tail.splitlines()[-1:]}"}
         rec["dir"] = str(d)
@@ -104,7 +106,7 @@ def vllm_phase(jobs_list, out: Path, nproc: int, vllm_site: str) -> dict:
             got = []
             log = out / "logs" / f"vllm_{backend}_{abs(hash(tuple(todo))) % 10**8}.log"
             run_worker([sys.executable, "-m", "modelopt_fork.matrix.vllm_engine", "--backend", backend, *todo],
-                       env=env_for(vllm_site, **extra), cwd=ROOT, log_path=log, on_result=got.append, timeout=1200)
+                       env=env_for(vllm_site, **extra), cwd=out, log_path=log, on_result=got.append, timeout=1200)
             for r in got:
                 results[(r["ckpt"], backend)] = r
             done = {r["ckpt"] for r in got}
@@ -135,6 +137,7 @@ def main() -> int:
     a = ap.parse_args()
     out = a.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     cells = [(arch, cfg, scen, "runtime", None, dt) for dt in a.dtype for arch in a.archs for cfg in a.cfgs
              for scen in a.scenarios]

@@ -20,13 +20,22 @@ if [ "${BASE:-}" = 1 ]; then
   rm -rf /tmp/base && mkdir -p /tmp/base && tar xzf .gpu/base-tree.tgz -C /tmp/base
   SITE=/tmp/base:/tmp/mo-site
 fi
+# vLLM 0.25.1 runs with transformers 5.14.1 (the version the checkpoints are exported with, within
+# vLLM's transformers>=5.5.3): with the image's 5.17, Gemma4TextConfig is heterogeneous (per_layer_config)
+# and vLLM's config.head_dim raises AmbiguousGlobalPerLayerAttributeError. VLLM_TF=image keeps 5.17.
+if [ ! -d /tmp/tf514/transformers ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/tf514 .gpu/whl/transformers-*.whl \
+    .gpu/whl/tokenizers-*.whl >> "$OUT/mo-site-install.log" 2>&1
+fi
+VSITE=/tmp/tf514:/tmp/site
+[ "${VLLM_TF:-}" = image ] && VSITE=/tmp/site
 RUN=${RUN:-run}
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  PYTHONPATH=$SITE:$PWD python3 -c "import torch, transformers, modelopt; print('modelopt side: torch', torch.__version__, 'transformers', transformers.__version__, 'modelopt', modelopt.__version__, modelopt.__file__)"
-  PYTHONPATH=/tmp/site:$PWD python3 -c "import vllm, transformers; print('vllm side: vllm', vllm.__version__, 'transformers', transformers.__version__)"
+  (cd /tmp && PYTHONPATH=$SITE:$OLDPWD python3 -c "import torch, transformers, modelopt; print('modelopt side: torch', torch.__version__, 'transformers', transformers.__version__, 'modelopt', modelopt.__version__, modelopt.__file__)")
+  (cd /tmp && PYTHONPATH=$VSITE:$OLDPWD python3 -c "import vllm, transformers; print('vllm side: vllm', vllm.__version__, 'transformers', transformers.__version__)")
 } > "$OUT/env_$RUN.txt" 2>&1
 cat "$OUT/env_$RUN.txt"
-python3 benchmarks/gpu_vllm_matrix.py --out "$OUT/$RUN" --mo-site "$SITE" --vllm-site /tmp/site "$@"
+python3 benchmarks/gpu_vllm_matrix.py --out "$OUT/$RUN" --mo-site "$SITE" --vllm-site "$VSITE" "$@"
 rc=$?
 (cd "$OUT" && tar czf "$RUN.tgz" --exclude='*.safetensors' --exclude='*.pt' "$RUN" "env_$RUN.txt" && rm -rf "$RUN")
 exit $rc

@@ -34,6 +34,7 @@ import traceback
 from pathlib import Path
 
 ENV = {
+    "TRITON_F32_DEFAULT": "ieee",
     "VLLM_USE_FLASHINFER_SAMPLER": "0",
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "HF_HUB_OFFLINE": "1",
@@ -87,6 +88,31 @@ def _row(d, vocab):
     return row
 
 
+def allow_float32_emulation() -> None:
+    """Let the NVFP4 emulation backends run in float32.
+
+    vLLM 0.25.1 refuses a float32 model with a ModelOpt quantization config because its native
+    NVFP4 kernels take fp16/bf16 only (``ModelOptNvFp4Config.get_supported_act_dtypes``). The
+    emulation kernels compute in the activation dtype and take float32 (the linear emulation's
+    ``torch.matmul``, the fused MoE emulation kernel's ``compute_type`` float32), so the gate is
+    widened to float32 for the emulation backend only. ``TRITON_F32_DEFAULT=ieee`` (set by the
+    caller's environment before Triton compiles anything) keeps the MoE kernel's float32
+    ``tl.dot`` in IEEE float32 rather than TF32; ``VLLM_FLOAT32_MATMUL_PRECISION`` stays at its
+    default ``highest``. Nothing else of vLLM is changed.
+    """
+    import torch
+    from vllm.model_executor.layers.quantization import modelopt
+
+    for cls in (modelopt.ModelOptNvFp4Config, modelopt.ModelOptMixedPrecisionConfig):
+        base = cls.get_supported_act_dtypes
+        if not getattr(base, "_float32_allowed", False):
+            def widened(self, _base=base):
+                return [*_base(self), torch.float32]
+
+            widened._float32_allowed = True
+            cls.get_supported_act_dtypes = widened
+
+
 def logprobs(ckpt: Path, backend: str) -> dict:
     """Run one checkpoint; write ``vllm_<backend>.npy``; return the record."""
     import numpy as np
@@ -95,6 +121,8 @@ def logprobs(ckpt: Path, backend: str) -> dict:
 
     ids = json.loads((ckpt / "prompt_ids.json").read_text())
     kw = engine_args(ckpt, backend)
+    if backend == "emulation" and kw["dtype"] == "float32":
+        allow_float32_emulation()
     t0 = time.perf_counter()
     llm = LLM(**kw)
     load_s = time.perf_counter() - t0
@@ -144,7 +172,7 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001 -- each checkpoint reports its own failure
             msg = str(e).strip().splitlines()
             rec.update(loaded=False, error=f"{type(e).__name__}: {msg[0] if msg else ''}"[:300],
-                       where=traceback.format_exc(limit=-3).strip().splitlines()[-3:])
+                       where=traceback.format_exc(limit=-8).strip().splitlines()[-16:])
             _free_engine()
         print("RESULT " + json.dumps(rec), flush=True)
     return 0

@@ -58,7 +58,7 @@ RUNTIME = {
     "head_dim": 64,
     "global_head_dim": 128,
     "q_lora_rank": 128,
-    "kv_lora_rank": 128,
+    "kv_lora_rank": 256,  # vLLM's MLA backends take kv_lora_rank + qk_rope_head_dim in {320, 576}
     "qk_nope_head_dim": 64,
     "qk_rope_head_dim": 64,
     "v_head_dim": 64,
