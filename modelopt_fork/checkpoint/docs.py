@@ -22,6 +22,14 @@ prints one line per violation: tensor (or `file.json:key`), rule id, what it fou
 the runtimes expect. Exit code 0 when clean, 1 on any violation, 2 when the directory cannot
 be read as a checkpoint.
 
+Each rule names the runtimes it is about. By default a checkpoint must load in both vLLM and
+TensorRT-LLM (`--runtime all`); `--runtime tensorrt-llm` accepts TensorRT-LLM's NVFP4_AWQ form
+(AWQ `pre_quant_scale` tensors kept on the linears, written with the AWQ option
+`fold_pre_quant_scale=False`), which vLLM 0.25.1 refuses. The vLLM rules were checked against a
+real vLLM 0.25.1 on an H200 (docs/vllm-stage.md): every checkpoint they pass loads and agrees
+with the fake-quantized model, and the two checkpoints vLLM refused or computed wrongly break
+`pre-quant-scale-vllm` / `quant-algo-vllm` and `input-scale-normal`.
+
 Sources are files of vLLM, TensorRT-LLM and compressed-tensors as read for this fork (named so
 they can be re-read when those projects move). Structure is found from names and shapes, not
 per architecture: experts are `<container>.experts.<i>.<proj>`, fused groups are sibling
@@ -33,10 +41,10 @@ per architecture: experts are `<container>.experts.<i>.<proj>`, fused groups are
 def render() -> str:
     from .rules import RULES
 
-    lines = [HEADER, f"{len(RULES)} rules.", "", "| rule | why | read in |", "|---|---|---|"]
+    lines = [HEADER, f"{len(RULES)} rules.", "", "| rule | runtimes | why | read in |", "|---|---|---|---|"]
     for r in RULES:
         sources = "<br>".join(f"`{s}`" for s in r.sources)
-        lines.append(f"| `{r.id}` | {r.why} | {sources} |")
+        lines.append(f"| `{r.id}` | {', '.join(r.runtimes)} | {r.why} | {sources} |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,7 +2,9 @@
 
 Each rule has an id, one sentence of why (the runtime, the failure it prevents) and the
 runtime source it was read from (vLLM, TensorRT-LLM; files named so they can be re-checked
-when those move). ``check(layout)`` yields ``(tensor, found, expected)`` for each violation;
+when those move) and the runtimes it is about (``RUNTIMES``; most rules hold for both, the
+AWQ ``pre_quant_scale`` rules describe TensorRT-LLM's NVFP4_AWQ form, which vLLM refuses
+altogether). ``check(layout)`` yields ``(tensor, found, expected)`` for each violation;
 ``tensor`` is a tensor name, or ``file.json:key.path`` for configuration.
 ``docs/checkpoint-rules.md`` is generated from this list (``python -m modelopt_fork.checkpoint.docs --write``).
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .layout import GATE_UP_GROUPS as GATE_UP
 from .layout import NVFP4_ALGOS, SCALARS, Layout, Module
 
 Finding = tuple[str, str, str]
@@ -25,6 +28,20 @@ VLLM_MOE_LOADER = "vllm: vllm/model_executor/layers/fused_moe/layer.py (weight_l
 VLLM_MOE_ORACLE = "vllm: vllm/model_executor/layers/fused_moe/oracle/nvfp4.py (convert_to_nvfp4_moe_kernel_format)"
 VLLM_QUANT_CONFIG = "vllm: vllm/model_executor/model_loader/weight_utils.py (get_quant_config)"
 VLLM_ROUTERS = "vllm: vllm/model_executor/models/qwen2_moe.py, arctic.py (router ReplicatedLinear, quant_config)"
+VLLM_NVFP4_CONFIG = ("vllm 0.25.1: vllm/model_executor/layers/quantization/modelopt.py:1049 (ModelOptNvFp4Config: "
+                     "'Unsupported ModelOpt NVFP4 quant_algo'), :2520 (ModelOptMixedPrecisionConfig.get_quant_method: "
+                     "any other per-layer algo gets UnquantizedLinearMethod)")
+VLLM_ARCH_CONVERTOR = ("vllm 0.25.1: vllm/transformers_utils/model_arch_config_convertor.py:231 "
+                       "('Unknown ModelOpt quant algo')")
+VLLM_LOAD_WEIGHTS = ("vllm 0.25.1: vllm/model_executor/models/utils.py:392 (AutoWeightsLoader: 'There is no module "
+                     "or parameter named'), vllm/model_executor/layers/fused_moe/routed_experts.py:887 "
+                     "(expert weight_loader)")
+VLLM_GLOBAL_SCALE = ("vllm 0.25.1: vllm/model_executor/layers/quantization/modelopt.py:1229 "
+                     "(input_global_scale_inv = 1 / input_scale), fused_moe/oracle/nvfp4.py:445-446 "
+                     "(a13_scale = 1 / a13_scale.max())")
+VLLM_MOE_EMULATION = ("vllm 0.25.1: vllm/model_executor/layers/fused_moe/oracle/nvfp4.py:419-446 "
+                      "(one activation scale per MoE layer: the max over experts), "
+                      "fused_moe/experts/nvfp4_emulation_moe.py (hidden states quantized once before routing)")
 TRT_LINEAR = "TensorRT-LLM: tensorrt_llm/_torch/modules/linear.py (NVFP4LinearMethod)"
 TRT_MOE = "TensorRT-LLM: tensorrt_llm/_torch/modules/fused_moe/quantization.py (NVFP4FusedMoEMethod)"
 TRT_CONFIG = "TensorRT-LLM: tensorrt_llm/_torch/model_config.py (load_modelopt_quant_config)"
@@ -36,25 +53,39 @@ GROUP_SIZE = 16
 PQS_RTOL, PQS_ATOL = 1e-5, 1e-8
 
 
+RUNTIMES = ("vllm", "tensorrt-llm")
+
+
 @dataclass(frozen=True)
 class Rule:
     id: str
     why: str
     sources: tuple[str, ...]
     check: Callable[[Layout], Iterable[Finding]]
+    runtimes: tuple[str, ...] = RUNTIMES
 
 
 RULES: list[Rule] = []
 
 
-def rule(rule_id: str, why: str, *sources: str):
+def rule(rule_id: str, why: str, *sources: str, runtimes: tuple[str, ...] = RUNTIMES):
     def register(fn: Callable[[Layout], Iterable[Finding]]):
         if any(r.id == rule_id for r in RULES):
             raise ValueError(f"duplicate rule id {rule_id}")
-        RULES.append(Rule(rule_id, why, sources, fn))
+        if not runtimes or set(runtimes) - set(RUNTIMES):
+            raise ValueError(f"rule {rule_id}: runtimes must be a subset of {RUNTIMES}, got {runtimes}")
+        RULES.append(Rule(rule_id, why, sources, fn, tuple(runtimes)))
         return fn
 
     return register
+
+
+def rules_for(runtimes=RUNTIMES) -> list[Rule]:
+    """The rules that concern at least one of ``runtimes``."""
+    unknown = set(runtimes) - set(RUNTIMES)
+    if unknown:
+        raise ValueError(f"unknown runtime(s) {sorted(unknown)}; known: {', '.join(RUNTIMES)}")
+    return [r for r in RULES if set(r.runtimes) & set(runtimes)]
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -139,6 +170,25 @@ def _quant_algo_supported(L: Layout) -> Iterator[Finding]:
             a = entry.get("quant_algo")
             if a is not None and str(a).upper() not in NVFP4_ALGOS:
                 yield _qkey(L, f"quantized_layers.{key}.quant_algo"), repr(a), f"one of {', '.join(NVFP4_ALGOS)}"
+
+
+@rule("quant-algo-vllm",
+      "vLLM 0.25.1 has no NVFP4_AWQ: ModelOptNvFp4Config raises for any NVFP4 quant_algo but NVFP4 and "
+      "W4A16_NVFP4, its model-config convertor raises 'Unknown ModelOpt quant algo', and under MIXED_PRECISION "
+      "a layer declared with another algorithm gets an UnquantizedLinearMethod that cannot load its packed "
+      "weight ('QKVParallelLinear' object has no attribute 'data', measured). AWQ checkpoints for vLLM carry "
+      "their scales folded into the weights and say NVFP4.",
+      VLLM_NVFP4_CONFIG, VLLM_ARCH_CONVERTOR, runtimes=("vllm",))
+def _quant_algo_vllm(L: Layout) -> Iterator[Finding]:
+    algo = L.quant.get("quant_algo")
+    allowed = ("NVFP4", "W4A16_NVFP4")
+    if algo is not None and str(algo).upper() not in (*allowed, "MIXED_PRECISION"):
+        yield _qkey(L, "quant_algo"), repr(algo), f"one of {', '.join((*allowed, 'MIXED_PRECISION'))}"
+    if L.mixed:
+        for key, entry in L.quantized_layers.items():
+            a = entry.get("quant_algo")
+            if a is not None and str(a).upper() not in allowed:
+                yield _qkey(L, f"quantized_layers.{key}.quant_algo"), repr(a), f"one of {', '.join(allowed)}"
 
 
 @rule("quant-config-keys",
@@ -449,6 +499,40 @@ def _scalar_value(L: Layout) -> Iterator[Finding]:
                 yield t, _values(v), "finite and > 0"
 
 
+@rule("input-scale-normal",
+      "Runtimes quantize activations under the global scale 1 / input_scale (vLLM: input_global_scale_inv, "
+      "and 1 / max for an MoE layer); a subnormal input_scale has no finite float32 reciprocal (or one that "
+      "overflows the FP8 block scales), so every activation becomes NaN or 0 (measured: an export with "
+      "input_scale 1e-39 gives NaN in the reference runtime). It must be a normal float32 (>= 2**-126).",
+      VLLM_GLOBAL_SCALE, TRT_LINEAR, TRT_MOE)
+def _input_scale_normal(L: Layout) -> Iterator[Finding]:
+    tiny = torch.finfo(torch.float32).tiny
+    for m in L.quantized:
+        if (t := m.params.get("input_scale")) and (v := _scalar(L, t)) is not None:
+            if bool(torch.isfinite(v)) and 0 < v.item() < tiny:
+                yield t, f"{v.item():.6g} (subnormal)", f">= {tiny:.6g} (a normal float32)"
+
+
+@rule("expert-input-scale-shared",
+      "vLLM quantizes an MoE layer's activations under one scale per projection: its NVFP4 emulation (and "
+      "FlashInfer/CUTLASS paths) take the max input_scale over the layer's experts and quantize the hidden "
+      "states once before routing; an expert exported with a smaller input_scale is then served with another "
+      "scale than the one it was calibrated with, so the served model differs from the fake-quantized one.",
+      VLLM_MOE_EMULATION, TRT_MOE, runtimes=("vllm",))
+def _expert_input_scale_shared(L: Layout) -> Iterator[Finding]:
+    for container, projs in sorted(L.experts.items()):
+        first = {p for p in projs for g, u in GATE_UP if p in (g, u)}
+        for role in (sorted(first), sorted(set(projs) - first)):
+            vals = [(f"{m.name}.input_scale", v) for proj in role for _, m in sorted(projs[proj].items())
+                    if (t := m.params.get("input_scale")) and (v := _scalar(L, t)) is not None]
+            if len(vals) < 2:
+                continue
+            top = max(v.item() for _, v in vals)
+            for name, v in vals:
+                if v.item() != top:
+                    yield name, f"{v.item():.9g}", f"{top:.9g} (the layer's max, which vLLM uses for every expert)"
+
+
 @rule("fused-scales-shared",
       "Shards fused into one GEMM (q/k/v, gate/up, w1/w3) must carry bit-equal input_scale and weight_scale_2: "
       "TensorRT-LLM asserts it for fused linears and w1/w3 input scales; vLLM warns and uses the max (linear) "
@@ -495,6 +579,17 @@ def _experts_complete(L: Layout) -> Iterator[Finding]:
 
 # -- AWQ pre_quant_scale ----------------------------------------------------------------------------
 
+@rule("pre-quant-scale-vllm",
+      "vLLM 0.25.1 has no parameter for an AWQ pre_quant_scale in its NVFP4 linear or MoE layers: loading one "
+      "raises ('There is no module or parameter named ...pre_quant_scale', expert weight_loader). The scale "
+      "must be folded into the preceding layer at export (ModelOpt's AWQ fold_pre_quant_scale); a checkpoint "
+      "that keeps it is TensorRT-LLM's NVFP4_AWQ form.",
+      VLLM_LOAD_WEIGHTS, runtimes=("vllm",))
+def _pqs_vllm(L: Layout) -> Iterator[Finding]:
+    for m in L.modules.values():
+        if (t := m.params.get("pre_quant_scale")) is not None:
+            yield t, "an AWQ pre_quant_scale", "none (folded into the preceding layer)"
+
 def _pqs_modules(L: Layout) -> Iterator[tuple[Module, str]]:
     for m in L.quantized:
         if (t := m.params.get("pre_quant_scale")) is not None:
@@ -504,7 +599,7 @@ def _pqs_modules(L: Layout) -> Iterator[tuple[Module, str]]:
 @rule("pre-quant-scale-shape",
       "pre_quant_scale multiplies the activation per input channel: TensorRT-LLM copies it into a parameter of "
       "shape [in_features] (NVFP4LinearMethod.load_weights_vanilla, fc31_act_scale), so it must be 1-D [in].",
-      TRT_LINEAR, TRT_MOE)
+      TRT_LINEAR, TRT_MOE, runtimes=("tensorrt-llm",))
 def _pqs_shape(L: Layout) -> Iterator[Finding]:
     for m, t in _pqs_modules(L):
         shape = L.info(t).shape
@@ -516,7 +611,7 @@ def _pqs_shape(L: Layout) -> Iterator[Finding]:
 @rule("pre-quant-scale-value",
       "The activation is multiplied by pre_quant_scale before quantization (TensorRT-LLM _input_prepare); AWQ "
       "scales are positive, and zero, negative or non-finite values silence, flip or poison input channels.",
-      TRT_LINEAR, TRT_MOE)
+      TRT_LINEAR, TRT_MOE, runtimes=("tensorrt-llm",))
 def _pqs_value(L: Layout) -> Iterator[Finding]:
     for _, t in _pqs_modules(L):
         info = L.info(t)
@@ -530,7 +625,7 @@ def _pqs_value(L: Layout) -> Iterator[Finding]:
 @rule("pre-quant-scale-dtype",
       "TensorRT-LLM asserts the activation dtype equals pre_quant_scale's dtype (NVFP4LinearMethod._input_prepare), "
       "so it must be stored in the model dtype of config.json.",
-      TRT_LINEAR)
+      TRT_LINEAR, runtimes=("tensorrt-llm",))
 def _pqs_dtype(L: Layout) -> Iterator[Finding]:
     if L.dtype is None:
         return
@@ -544,7 +639,7 @@ def _pqs_dtype(L: Layout) -> Iterator[Finding]:
       "true); the flag does not promise a tensor (ModelOpt folds q/k/v and gate/up scales into the preceding "
       "norm), but a tensor on a module declared NVFP4 is applied by TensorRT-LLM's MoE (it looks for "
       "'0.w1.pre_quant_scale') and ignored elsewhere, so the runtimes disagree.",
-      TRT_MOE, TRT_LINEAR, TRT_CONFIG)
+      TRT_MOE, TRT_LINEAR, TRT_CONFIG, runtimes=("tensorrt-llm",))
 def _pqs_algo(L: Layout) -> Iterator[Finding]:
     for m, t in _pqs_modules(L):
         algo = L.declared_algo(m.name)
@@ -558,7 +653,7 @@ def _pqs_algo(L: Layout) -> Iterator[Finding]:
       "All experts of a layer see the same input: TensorRT-LLM keeps one pre_quant_scale per MoE layer, decides "
       "from expert 0 whether there is one (KeyError for an expert without) and raises ValueError when experts "
       "differ beyond rtol 1e-5 / atol 1e-8.",
-      TRT_MOE)
+      TRT_MOE, runtimes=("tensorrt-llm",))
 def _pqs_experts(L: Layout) -> Iterator[Finding]:
     for container, projs in sorted(L.experts.items()):
         for proj, members in sorted(projs.items()):
@@ -582,7 +677,7 @@ def _pqs_experts(L: Layout) -> Iterator[Finding]:
 @rule("pre-quant-scale-fused",
       "Gate and up (w1/w3) share their input: TensorRT-LLM loads the gate's pre_quant_scale for a fused gate/up "
       "linear and the max of w1/w3 for MoE, so the shards must have bit-equal scales, or none.",
-      TRT_LINEAR, TRT_MOE)
+      TRT_LINEAR, TRT_MOE, runtimes=("tensorrt-llm",))
 def _pqs_fused(L: Layout) -> Iterator[Finding]:
     for g in L.fused_groups:
         if g.kind != "gate_up":
@@ -606,7 +701,7 @@ def _pqs_fused(L: Layout) -> Iterator[Finding]:
       "TensorRT-LLM drops a pre_quant_scale where it has no slot for it: its fused QKV loader never reads one "
       "(ModelOpt folds it into the input layernorm) and its NVFP4 MoE reads only w1/w3 (fc31_act_scale), so on "
       "q/k/v or an expert's down projection it is silently ignored and the smoothed weights run unsmoothed.",
-      TRT_LINEAR, TRT_MOE)
+      TRT_LINEAR, TRT_MOE, runtimes=("tensorrt-llm",))
 def _pqs_dropped(L: Layout) -> Iterator[Finding]:
     for m, t in _pqs_modules(L):
         g = L.group_of(m.name)

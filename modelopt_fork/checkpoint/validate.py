@@ -19,20 +19,24 @@ class Violation:
         return f"{self.tensor}{where}: {self.rule}: found {self.found}; expected {self.expected}"
 
 
-def validate_checkpoint(path: str | Path) -> list[Violation]:
+def validate_checkpoint(path: str | Path, runtimes=None) -> list[Violation]:
     """Violations of the consumer contract, sorted by tensor name then rule.
+
+    ``runtimes``: the runtimes the checkpoint must load in (:data:`.rules.RUNTIMES`, the default:
+    both vLLM and TensorRT-LLM; ``("tensorrt-llm",)`` for TensorRT-LLM's NVFP4_AWQ form, which
+    keeps AWQ pre_quant_scale tensors that vLLM refuses).
 
     Raises :class:`~modelopt_fork.checkpoint.load.LoadError` when the directory cannot be read
     as a checkpoint at all (missing, no safetensors, unreadable JSON or shard).
     """
     from .layout import Layout
     from .load import load_checkpoint
-    from .rules import RULES
+    from .rules import RUNTIMES, rules_for
 
     ckpt = load_checkpoint(path)
     layout = Layout(ckpt)
     found: set[Violation] = set()
-    for rule in RULES:
+    for rule in rules_for(RUNTIMES if runtimes is None else tuple(runtimes)):
         for tensor, what, expected in rule.check(layout):
             info = ckpt.tensors.get(tensor)
             found.add(Violation(tensor, rule.id, what, expected, info.file if info else None))

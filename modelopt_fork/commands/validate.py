@@ -13,15 +13,19 @@ def register(sub) -> None:
                                    "The rules and their reasons: docs/checkpoint-rules.md.")
     p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_DIR",
                    help="directory written by export_hf_checkpoint")
+    p.add_argument("--runtime", choices=["all", "vllm", "tensorrt-llm"], default="all",
+                   help="the runtime(s) the checkpoint must load in (default: all: vLLM and TensorRT-LLM; "
+                        "tensorrt-llm accepts its NVFP4_AWQ form with AWQ pre_quant_scale tensors)")
     p.set_defaults(func=run, needs_root=False)
 
 
 def run(args) -> int:
     from ..checkpoint import LoadError, validate_checkpoint
-    from ..checkpoint.rules import RULES
+    from ..checkpoint.rules import RUNTIMES, rules_for
 
+    runtimes = RUNTIMES if args.runtime == "all" else (args.runtime,)
     try:
-        violations = validate_checkpoint(args.checkpoint)
+        violations = validate_checkpoint(args.checkpoint, runtimes)
     except LoadError as e:
         print(f"modelopt-fork validate: cannot read checkpoint: {e}", file=sys.stderr)
         return 2
@@ -32,5 +36,6 @@ def run(args) -> int:
         print(f"validate: {len(violations)} violation(s) of {len(rules)} rule(s) ({', '.join(rules)}) "
               f"in {args.checkpoint}")
         return 1
-    print(f"validate: {args.checkpoint} satisfies all {len(RULES)} rules")
+    print(f"validate: {args.checkpoint} satisfies all {len(rules_for(runtimes))} rules "
+          f"({' and '.join(runtimes)})")
     return 0
