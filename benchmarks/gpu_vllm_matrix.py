@@ -78,6 +78,11 @@ def export_phase(cells, out: Path, jobs: int, mo_site: str, device: str = "cuda"
     return recs
 
 
+def _is_mla(ckpt: Path) -> bool:
+    config = json.loads((ckpt / "config.json").read_text())
+    return bool((config.get("text_config") or config).get("kv_lora_rank"))
+
+
 def cell_name(cell) -> str:
     arch, cfg, scen, widths, experts, dtype = cell
     return f"{arch}__{SHORT[cfg]}__{scen}__{widths}{'-e' + str(experts) if experts else ''}__{dtype}"
@@ -151,11 +156,14 @@ def main() -> int:
         if not rec.get("exported"):
             continue
         ckpt = Path(rec["dir"]) / "ckpt"
-        mla_fp32 = {"VLLM_MLA_DISABLE": "1"} if cell[0] == "deepseek-v3" and cell[5] == "float32" else {}
-        jobs += [(ckpt, "emulation", mla_fp32), (ckpt, "auto", {})]
+        # MLA models run with ordinary attention: the kit has no FlashAttention, which vLLM's MLA
+        # prefill needs (measured: '_vllm_fa2_C' has no attribute 'varlen_fwd'), and the Triton MLA
+        # backend takes no float32
+        mla = {"VLLM_MLA_DISABLE": "1"} if _is_mla(Path(rec["dir"]) / "ckpt") else {}
+        jobs += [(ckpt, "emulation", mla), (ckpt, "auto", mla)]
         unq = Path(rec["dir"]) / "unquantized"
         if unq.is_dir():
-            jobs.append((unq, "unquantized", mla_fp32))
+            jobs.append((unq, "unquantized", mla))
     print(f"phase 2: {len(jobs)} engine loads", flush=True)
     loaded = {} if a.no_vllm else vllm_phase(jobs, out, a.vllm_jobs, a.vllm_site)
     t2 = time.time()

@@ -30,6 +30,21 @@ fi
 VSITE=/tmp/tf514:/tmp/site
 [ "${VLLM_TF:-}" = image ] && VSITE=/tmp/site
 RUN=${RUN:-run}
+# The NVFP4 fake-quant Triton kernel must compile and agree with the PyTorch path before the matrix
+(cd /tmp && PYTHONPATH=$SITE:$OLDPWD python3 - <<'PY'
+import torch
+from modelopt.torch.kernels.quantization.gemm import fp4_kernel_hopper as k
+from modelopt.torch.quantization.nvfp4_fake_quant_torch import nvfp4_fake_quant_torch
+torch.manual_seed(0)
+for dt in (torch.float32, torch.bfloat16):
+    x = (torch.randn(512, 1024) * 3).to(dt)
+    amax = x.float().abs().amax()
+    gs = (amax.cuda() / (6.0 * 448.0)).cpu()
+    a = k.fp4_fake_quant_block(x.cuda(), amax.cuda()).cpu()
+    b = nvfp4_fake_quant_torch(x, amax, 16, global_scale=gs)
+    print("kernel check", dt, "differing elements", int((a != b).sum()), "of", a.numel())
+PY
+) 2>&1 | tail -3 | tee -a "$OUT/env_$RUN.txt"
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   (cd /tmp && PYTHONPATH=$SITE:$OLDPWD python3 -c "import torch, transformers, modelopt; print('modelopt side: torch', torch.__version__, 'transformers', transformers.__version__, 'modelopt', modelopt.__version__, modelopt.__file__)")
   (cd /tmp && PYTHONPATH=$VSITE:$OLDPWD python3 -c "import vllm, transformers; print('vllm side: vllm', vllm.__version__, 'transformers', transformers.__version__)")
