@@ -16,6 +16,7 @@ import json
 import pytest
 import torch
 
+from _utils.configs import quant_config
 from _utils.devices import DEVICES
 from _utils.tiny_moe import ARCHS, TRANSFORMERS_5, build, calib_ids
 from modelopt_fork.checkpoint.load import load_tensors
@@ -23,7 +24,7 @@ from modelopt_fork.checkpoint.load import load_tensors
 CONFIGS = ["NVFP4_DEFAULT_CFG", "NVFP4_AWQ_LITE_CFG", "NVFP4_AWQ_FULL_CFG"]
 
 
-def _calibrate_and_export(arch, cfg, device, out, *, architectures=True):
+def _calibrate_and_export(arch, cfg, device, out, *, architectures=True, fold=None):
     import modelopt.torch.quantization as mtq
     from modelopt.torch.export import export_hf_checkpoint
 
@@ -31,7 +32,7 @@ def _calibrate_and_export(arch, cfg, device, out, *, architectures=True):
     ids = calib_ids(seed=11).to(device)
     with torch.no_grad():
         reference = model(ids).logits
-    mtq.quantize(model, getattr(mtq, cfg), lambda m: m(ids))
+    mtq.quantize(model, quant_config(cfg, fold_pre_quant_scale=fold), lambda m: m(ids))
     with torch.no_grad():
         fake = model(ids).logits  # fake-quantized forward
     export_hf_checkpoint(model, export_dir=out)
@@ -72,15 +73,21 @@ def test_calibrate_forward_export(arch, cfg, device, tmp_path):
 
 @pytest.mark.skipif(not TRANSFORMERS_5, reason="fused 3-D experts exist only in transformers >= 5")
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "kept-scales"])
 @pytest.mark.parametrize("cfg", ["NVFP4_AWQ_LITE_CFG", "NVFP4_AWQ_FULL_CFG"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_awq_export_fused_experts(arch, cfg, device, tmp_path):
-    _calibrate_and_export(arch, cfg, device, tmp_path / "ckpt")
+def test_awq_export_fused_experts(arch, cfg, fold, device, tmp_path):
+    _calibrate_and_export(arch, cfg, device, tmp_path / "ckpt", fold=fold)
     _check_checkpoint(tmp_path / "ckpt", cfg)
-    layers = json.loads((tmp_path / "ckpt" / "hf_quant_config.json").read_text())["quantization"]["quantized_layers"]
-    experts = [v for k, v in layers.items() if k.endswith(".experts")]
-    # fused experts get no AWQ smoothing, so they must be declared plain NVFP4
-    assert experts and all(v["quant_algo"] == "NVFP4" for v in experts)
+    quant = json.loads((tmp_path / "ckpt" / "hf_quant_config.json").read_text())["quantization"]
+    tensors = load_tensors(tmp_path / "ckpt")
+    # fused experts get no AWQ smoothing: no expert carries a pre_quant_scale
+    assert not any(".experts." in k and k.endswith("pre_quant_scale") for k in tensors)
+    if fold:  # every AWQ scale folded into the model: a plain NVFP4 checkpoint
+        assert quant["quant_algo"] == "NVFP4" and not any(k.endswith("pre_quant_scale") for k in tensors)
+    else:  # the scales kept on the attention projections: the experts must be declared plain NVFP4
+        experts = [v for k, v in quant["quantized_layers"].items() if k.endswith(".experts")]
+        assert experts and all(v["quant_algo"] == "NVFP4" for v in experts)
 
 
 @pytest.mark.parametrize("device", DEVICES)

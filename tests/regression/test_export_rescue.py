@@ -24,6 +24,7 @@ import sys
 import pytest
 import torch
 
+from _utils.configs import quant_config
 from _utils.devices import DEVICES
 from _utils.tiny_moe import ARCHS, build, calib_ids
 from modelopt_fork.checkpoint.load import load_tensors
@@ -47,7 +48,7 @@ def _calibrate(model, cfg, device):
     import modelopt.torch.quantization as mtq
 
     ids = calib_ids(seed=11).to(device)
-    mtq.quantize(model, getattr(mtq, cfg), lambda m: m(ids))
+    mtq.quantize(model, quant_config(cfg), lambda m: m(ids))
     return model
 
 
@@ -160,7 +161,10 @@ def test_offloaded_awq_rescue_resumes_on_resident_model(arch, device, tmp_path, 
     direct export of the twin calibrated resident (same computation, same inputs)."""
     from modelopt.torch.export import resume_from_rescue
 
-    model = _calibrate(_offloaded(arch, device, tmp_path / "off"), "NVFP4_AWQ_LITE_CFG", device)
+    # Offloaded (meta) weights cannot take the AWQ fold, so the offloaded model keeps its scales
+    # (fold_awq_pre_quant_scale warns); the resident twin is calibrated in the same form.
+    cfg = quant_config("NVFP4_AWQ_LITE_CFG", fold_pre_quant_scale=False)
+    model = _calibrate(_offloaded(arch, device, tmp_path / "off"), cfg, device)
     out = tmp_path / "ckpt"
     err = _failing_export(model, out, monkeypatch)
     rescue = _check_failure(err, out, injected=isinstance(err, InjectedExportError))
@@ -168,7 +172,7 @@ def test_offloaded_awq_rescue_resumes_on_resident_model(arch, device, tmp_path, 
     assert "model.layers.1.self_attn.q_proj.weight" in weights
     assert not any(v.is_meta for v in weights.values())
 
-    _export(_calibrate(build(arch, seed=11, device=device), "NVFP4_AWQ_LITE_CFG", device), tmp_path / "direct")
+    _export(_calibrate(build(arch, seed=11, device=device), cfg, device), tmp_path / "direct")
     resumed = resume_from_rescue(build(arch, seed=11, device=device), rescue)
     _export(resumed, out)
     _assert_identical_checkpoints(tmp_path / "direct", out)
