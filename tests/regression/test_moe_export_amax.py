@@ -81,19 +81,24 @@ def test_per_channel_input_amax_exports_scalar_input_scale(arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch", sorted(LAYOUTS))
-def test_tiny_positive_input_amax_exports_positive_scale(arch, tmp_path):
-    """#1265: an amax so small that amax / (6 * 448) underflows to 0 in float32.
+@pytest.mark.parametrize("amax", [1e-44, 1e-36])
+def test_vanishing_input_amax_exports_a_usable_scale(arch, amax, tmp_path):
+    """#1265: an amax so small that amax / (6 * 448) is zero (1e-44) or subnormal (1e-36) in float32.
 
-    On a linear outside any expert group (an expert's is filled from its siblings, patch 0008;
-    tests/regression/test_dark_expert.py).
+    Pristine 0.47.0 fails export ("not positive") or writes a subnormal input_scale whose
+    reciprocal, the runtimes' global scale, is infinite. The fork exports the maxbound scale
+    (amax := 6, as export_amax does for a zero amax) with a warning. On a linear outside any
+    expert group (an expert's is filled from its siblings, patch 0008; test_dark_expert.py).
     """
     model = _quantize(arch)
-    set_amax(model.model.layers[0].self_attn.o_proj.input_quantizer, torch.tensor(1e-44))
-    assert torch.tensor(1e-44) / NVFP4_SCALE_DIV == 0  # the premise: the naive scale is zero
+    set_amax(model.model.layers[0].self_attn.o_proj.input_quantizer, torch.tensor(amax))
+    naive = torch.tensor(amax) / NVFP4_SCALE_DIV
+    assert naive < torch.finfo(torch.float32).tiny  # the premise: zero or subnormal
 
-    tensors, _ = _export(model, tmp_path / "ckpt")
+    with pytest.warns(UserWarning, match="zero or subnormal input_scale"):
+        tensors, _ = _export(model, tmp_path / "ckpt")
 
     scale = tensors["model.layers.0.self_attn.o_proj.input_scale"]
     assert scale.dtype == torch.float32
-    assert scale.item() == torch.finfo(torch.float32).tiny
+    assert scale.item() == (torch.tensor(6.0) / NVFP4_SCALE_DIV).item()
     assert torch.isfinite(1.0 / scale).all()
