@@ -28,20 +28,20 @@ VLLM_MOE_LOADER = "vllm: vllm/model_executor/layers/fused_moe/layer.py (weight_l
 VLLM_MOE_ORACLE = "vllm: vllm/model_executor/layers/fused_moe/oracle/nvfp4.py (convert_to_nvfp4_moe_kernel_format)"
 VLLM_QUANT_CONFIG = "vllm: vllm/model_executor/model_loader/weight_utils.py (get_quant_config)"
 VLLM_ROUTERS = "vllm: vllm/model_executor/models/qwen2_moe.py, arctic.py (router ReplicatedLinear, quant_config)"
-VLLM_NVFP4_CONFIG = ("vllm 0.25.1: vllm/model_executor/layers/quantization/modelopt.py:1049 (ModelOptNvFp4Config: "
-                     "'Unsupported ModelOpt NVFP4 quant_algo'), :2520 (ModelOptMixedPrecisionConfig.get_quant_method: "
-                     "any other per-layer algo gets UnquantizedLinearMethod)")
-VLLM_ARCH_CONVERTOR = ("vllm 0.25.1: vllm/transformers_utils/model_arch_config_convertor.py:231 "
-                       "('Unknown ModelOpt quant algo')")
-VLLM_LOAD_WEIGHTS = ("vllm 0.25.1: vllm/model_executor/models/utils.py:392 (AutoWeightsLoader: 'There is no module "
-                     "or parameter named'), vllm/model_executor/layers/fused_moe/routed_experts.py:887 "
-                     "(expert weight_loader)")
-VLLM_GLOBAL_SCALE = ("vllm 0.25.1: vllm/model_executor/layers/quantization/modelopt.py:1229 "
-                     "(input_global_scale_inv = 1 / input_scale), fused_moe/oracle/nvfp4.py:445-446 "
-                     "(a13_scale = 1 / a13_scale.max())")
-VLLM_MOE_EMULATION = ("vllm 0.25.1: vllm/model_executor/layers/fused_moe/oracle/nvfp4.py:419-446 "
-                      "(one activation scale per MoE layer: the max over experts), "
-                      "fused_moe/experts/nvfp4_emulation_moe.py (hidden states quantized once before routing)")
+VLLM_NVFP4_CONFIG = ("vllm: vllm/model_executor/layers/quantization/modelopt.py (0.25.1 line 1049, ModelOptNvFp4Config: "
+                     "'Unsupported ModelOpt NVFP4 quant_algo'; ModelOptMixedPrecisionConfig.get_quant_method: any "
+                     "other per-layer algo gets UnquantizedLinearMethod)")
+VLLM_ARCH_CONVERTOR = ("vllm: vllm/transformers_utils/model_arch_config_convertor.py (0.25.1 line 231, "
+                       "'Unknown ModelOpt quant algo')")
+VLLM_LOAD_WEIGHTS = ("vllm: vllm/model_executor/models/utils.py (0.25.1 line 392, AutoWeightsLoader: 'There is no "
+                     "module or parameter named'), vllm/model_executor/layers/fused_moe/routed_experts.py "
+                     "(line 887, expert weight_loader)")
+VLLM_GLOBAL_SCALE = ("vllm: vllm/model_executor/layers/quantization/modelopt.py (0.25.1 line 1229, "
+                     "input_global_scale_inv = 1 / input_scale), fused_moe/oracle/nvfp4.py (lines 445-446, "
+                     "a13_scale = 1 / a13_scale.max())")
+VLLM_MOE_EMULATION = ("vllm: vllm/model_executor/layers/fused_moe/oracle/nvfp4.py (0.25.1 lines 419-446: one "
+                      "activation scale per MoE layer, the max over experts), fused_moe/experts/nvfp4_emulation_moe.py "
+                      "(hidden states quantized once before routing)")
 TRT_LINEAR = "TensorRT-LLM: tensorrt_llm/_torch/modules/linear.py (NVFP4LinearMethod)"
 TRT_MOE = "TensorRT-LLM: tensorrt_llm/_torch/modules/fused_moe/quantization.py (NVFP4FusedMoEMethod)"
 TRT_CONFIG = "TensorRT-LLM: tensorrt_llm/_torch/model_config.py (load_modelopt_quant_config)"
@@ -524,7 +524,8 @@ def _expert_input_scale_shared(L: Layout) -> Iterator[Finding]:
         first = {p for p in projs for g, u in GATE_UP if p in (g, u)}
         for role in (sorted(first), sorted(set(projs) - first)):
             vals = [(f"{m.name}.input_scale", v) for proj in role for _, m in sorted(projs[proj].items())
-                    if (t := m.params.get("input_scale")) and (v := _scalar(L, t)) is not None]
+                    if (t := m.params.get("input_scale")) and (v := _scalar(L, t)) is not None
+                    and bool(torch.isfinite(v)) and v.item() > 0]  # other values: scalar-value
             if len(vals) < 2:
                 continue
             top = max(v.item() for _, v in vals)

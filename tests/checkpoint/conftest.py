@@ -15,6 +15,9 @@ import torch
 from _utils.tiny_moe import build, calib_ids
 
 CONFIGS = ["NVFP4_DEFAULT_CFG", "NVFP4_AWQ_LITE_CFG"]
+# AWQ with its scales kept on the linears: TensorRT-LLM's NVFP4_AWQ checkpoint form, written by
+# the AWQ option fold_pre_quant_scale=False (and by every ModelOpt release before the fold)
+AWQ_KEPT = "NVFP4_AWQ_LITE_CFG+kept"
 SEED = 11
 
 
@@ -31,9 +34,12 @@ def _export(arch: str, cfg: str, out: Path) -> Exported:
     import modelopt.torch.quantization as mtq
     from modelopt.torch.export import export_hf_checkpoint
 
+    from _utils.configs import quant_config
+
     model = build(arch, seed=SEED)
     ids = calib_ids(seed=SEED)
-    mtq.quantize(model, getattr(mtq, cfg), lambda m: m(ids))
+    name, _, kept = cfg.partition("+")
+    mtq.quantize(model, quant_config(name, fold_pre_quant_scale=False if kept else None), lambda m: m(ids))
     with torch.no_grad():
         fake = model(ids).logits.float()
     export_hf_checkpoint(model, export_dir=out)
@@ -42,7 +48,8 @@ def _export(arch: str, cfg: str, out: Path) -> Exported:
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """``exported(arch, cfg)`` -> :class:`Exported`; each pair is calibrated and exported once."""
+    """``exported(arch, cfg)`` -> :class:`Exported`; each pair is calibrated and exported once
+    (``cfg``: a config name, or :data:`AWQ_KEPT`)."""
     cache: dict[tuple[str, str], Exported] = {}
 
     def get(arch: str, cfg: str) -> Exported:

@@ -24,7 +24,7 @@ from modelopt_fork.checkpoint.layout import GATE_UP_GROUPS, Layout
 from modelopt_fork.checkpoint.load import load_checkpoint
 from modelopt_fork.checkpoint.rules import RULES
 
-from .conftest import CONFIGS, copy_checkpoint
+from .conftest import AWQ_KEPT, CONFIGS, copy_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,6 +50,20 @@ def known(ckpt: Path, arch: str, cfg: str) -> set[tuple[str, str]]:
 
 
 # -- good checkpoints -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kept_scale_awq_export_is_tensorrt_llm_only(arch, exported):
+    """TensorRT-LLM's NVFP4_AWQ form validates for TensorRT-LLM; for vLLM every kept
+    pre_quant_scale and the NVFP4_AWQ labels are violations (vLLM 0.25.1 refused such a
+    checkpoint: docs/vllm-stage.md)."""
+    ckpt = exported(arch, AWQ_KEPT).path
+    assert validate_checkpoint(ckpt, ("tensorrt-llm",)) == []
+    vllm = validate_checkpoint(ckpt, ("vllm",))
+    names = load_checkpoint(ckpt).tensors
+    kept = {n for n in names if n.endswith(".pre_quant_scale")}
+    assert kept and {v.tensor for v in vllm if v.rule == "pre-quant-scale-vllm"} == kept
+    assert any(v.rule == "quant-algo-vllm" for v in vllm)
+
 
 @pytest.mark.parametrize("cfg", CONFIGS)
 @pytest.mark.parametrize("arch", ARCHS)
@@ -246,7 +260,8 @@ def _(d, T):
 @corruption("quant-algo-supported")
 def _(d, T):
     edit_quant(d, lambda q: q.update(quant_algo="FP8"), lambda q: q.update(quant_algo="FP8"))
-    return {("quant-algo-supported", "hf_quant_config.json:quantization.quant_algo")}
+    key = "hf_quant_config.json:quantization.quant_algo"
+    return {("quant-algo-supported", key), ("quant-algo-vllm", key)}  # neither runtime has it
 
 
 @corruption("quant-algo-supported", "layer", base="mixed")
@@ -254,7 +269,8 @@ def _(d, T):
     key = T.lone()
     edit_quant(d, lambda q: q["quantized_layers"][key].update(quant_algo="INT4_AWQ"),
                lambda q: q["quantized_layers"][key].update(quant_algo="INT4_AWQ"))
-    return {("quant-algo-supported", f"hf_quant_config.json:quantization.quantized_layers.{key}.quant_algo")}
+    name = f"hf_quant_config.json:quantization.quantized_layers.{key}.quant_algo"
+    return {("quant-algo-supported", name), ("quant-algo-vllm", name)}
 
 
 @corruption("quant-config-keys")
@@ -499,8 +515,9 @@ def _(d, T):
 @corruption("fused-scales-shared", "expert-input_scale")
 def _(d, T):
     up = T.expert(0, "up")
-    set_tensor(d, f"{up}.input_scale", lambda s: s * 1.5)
-    return {("fused-scales-shared", f"{up}.input_scale")}
+    set_tensor(d, f"{up}.input_scale", lambda s: s * 0.5)
+    # below its gate's and below the layer's max, which vLLM would quantize its input with
+    return {("fused-scales-shared", f"{up}.input_scale"), ("expert-input-scale-shared", f"{up}.input_scale")}
 
 
 @corruption("experts-complete", "missing")
@@ -624,6 +641,44 @@ def _(d, T):
     return {("pre-quant-scale-dropped", f"{q}.pre_quant_scale")}
 
 
+@corruption("quant-algo-vllm", "awq")
+def _(d, T):
+    edit_quant(d, lambda q: q.update(quant_algo="NVFP4_AWQ"), lambda q: q.update(quant_algo="NVFP4_AWQ"))
+    return {("quant-algo-vllm", "hf_quant_config.json:quantization.quant_algo")}
+
+
+@corruption("quant-algo-vllm", "mixed-layer", base="mixed")
+def _(d, T):
+    m = T.lone()
+
+    def awq(q):
+        q["quantized_layers"][m]["quant_algo"] = "NVFP4_AWQ"
+
+    edit_quant(d, awq, awq)
+    return {("quant-algo-vllm", f"hf_quant_config.json:quantization.quantized_layers.{m}.quant_algo")}
+
+
+@corruption("input-scale-normal")
+def _(d, T):
+    m = T.lone()
+    set_tensor(d, f"{m}.input_scale", lambda s: torch.full_like(s, 1e-39))
+    return {("input-scale-normal", f"{m}.input_scale")}
+
+
+@corruption("expert-input-scale-shared")
+def _(d, T):
+    down = T.expert(1, "down")
+    set_tensor(d, f"{down}.input_scale", lambda s: s * 0.5)
+    return {("expert-input-scale-shared", f"{down}.input_scale")}
+
+
+@corruption("pre-quant-scale-vllm")
+def _(d, T):
+    m = T.lone()
+    edit_tensors(d, lambda t: t.update({f"{m}.pre_quant_scale": torch.ones(T.in_dim(m), dtype=T.dtype)}))
+    return {("pre-quant-scale-vllm", f"{m}.pre_quant_scale")}
+
+
 # -- corruption tests --------------------------------------------------------------------------------
 
 def test_every_rule_has_a_corruption():
@@ -637,22 +692,26 @@ def test_every_rule_has_a_corruption():
 def _base(exported, arch: str, base: str, tmp_path: Path) -> Path:
     if base == "mixed":
         return as_mixed(exported(arch, "NVFP4_DEFAULT_CFG").path, tmp_path / "base")
-    cfg = {"default": "NVFP4_DEFAULT_CFG", "awq": "NVFP4_AWQ_LITE_CFG"}[base]
+    # "awq": the form that carries pre_quant_scale tensors (the folded AWQ export has none)
+    cfg = {"default": "NVFP4_DEFAULT_CFG", "awq": AWQ_KEPT}[base]
     return copy_checkpoint(exported(arch, cfg).path, tmp_path / "base")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda c: c.id)
 def test_corruption_is_caught(corrupt, arch, exported, tmp_path):
+    """Validated for the runtimes the rule is about (a TensorRT-LLM NVFP4_AWQ rule on the form
+    vLLM refuses altogether; a vLLM rule without TensorRT-LLM's)."""
+    runtimes = next(r.runtimes for r in RULES if r.id == corrupt.rule)
     base = _base(exported, arch, corrupt.base, tmp_path)
-    before = pairs(validate_checkpoint(base))
+    before = pairs(validate_checkpoint(base, runtimes))
     targets = Targets(Layout(load_checkpoint(base)))
     ckpt = copy_checkpoint(base, tmp_path / "corrupt")
     expected = corrupt.apply(ckpt, targets)
     if expected is None:
         pytest.skip(f"{arch} {corrupt.base} export has nothing this corruption applies to "
                     f"(e.g. no expert pre_quant_scale with fused experts)")
-    after = validate_checkpoint(ckpt)
+    after = validate_checkpoint(ckpt, runtimes)
     new = pairs(after) - before
     assert new == expected, "\n".join(v.format() for v in after)
     for v in after:
