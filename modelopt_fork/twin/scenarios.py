@@ -14,7 +14,8 @@ quantization or adjust quantizers after it:
                     rows are zeroed before calibration), so the down projection's input
                     channels 0..3 stay exactly zero.
 * ``per-channel-amax`` after calibration, every enabled expert input quantizer's amax is
-                    replaced by the per-channel max |x| of its real inputs (as a
+                    replaced by the per-channel max |x| of its real inputs, then synced
+                    over the experts of a layer as max calibration syncs them (as a
                     per-channel calibrator would leave it).
 * ``tiny-amax``     after calibration, every expert input amax is scaled by 2**-120
                     (tiny but positive and normal in float32).
@@ -155,6 +156,12 @@ def _per_channel_amax(twin: Twin, ids: torch.Tensor) -> None:
     for name, q in quantizers.items():
         if name in seen:  # a quantizer that saw no tokens keeps what calibration left
             set_amax(q, seen[name].to(q.amax.device))
+    # a per-channel calibrator runs inside max calibration, which then gives the experts of a
+    # layer one input amax (the element-wise max: layer_sync_moe_local_experts_amax), the scale
+    # runtimes quantize the whole layer's inputs with; fused experts share one quantizer anyway
+    for module in twin.model.modules():
+        if hasattr(module, "layer_sync_moe_local_experts_amax"):
+            module.layer_sync_moe_local_experts_amax()
 
 
 def _tiny_amax(twin: Twin) -> None:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from _utils.tiny_moe import ARCHS, TRANSFORMERS_5
 from modelopt_fork.reference.nvfp4 import dequantize_weight, unpack_e2m1
 
-from .conftest import CONFIGS
+from .conftest import AWQ_KEPT, CONFIGS
 
 pytest.importorskip("compressed_tensors", reason="compressed-tensors 0.20 (fork-test extra, python >= 3.11)")
 
@@ -225,11 +225,12 @@ def test_transformers_457_loads_weights_and_logits_agree(arch, exported, convert
 @pytest.mark.parametrize("arch", ARCHS)
 def test_transformers_457_drops_pre_quant_scale(arch, exported, converted, tmp_path):
     """CT's NVFP4 format has no AWQ smoothing: the converter passes pre_quant_scale through and
-    transformers leaves every one of them unused (the smoothed weights then run unsmoothed)."""
-    ex = exported(arch, "NVFP4_AWQ_LITE_CFG")
+    transformers leaves every one of them unused (the smoothed weights then run unsmoothed). The
+    form that keeps them (TensorRT-LLM's NVFP4_AWQ); the fork's default AWQ export has none."""
+    ex = exported(arch, AWQ_KEPT)
     pqs = {k for k in _tensors(ex.path) if k.endswith(".pre_quant_scale")}
     assert pqs
-    _, info = _load(_reshape_global_scales(converted(arch, "NVFP4_AWQ_LITE_CFG"), tmp_path / "ct"))
+    _, info = _load(_reshape_global_scales(converted(arch, AWQ_KEPT), tmp_path / "ct"))
     assert set(info["unexpected_keys"]) == pqs
     assert not info["missing_keys"] and not info["mismatched_keys"]
 

@@ -587,18 +587,21 @@ def _(d, T):
     return {("pre-quant-scale-dtype", f"{m}.pre_quant_scale")}
 
 
-@corruption("pre-quant-scale-algo")
-def _(d, T):
+def add_pre_quant_scale(d, T) -> str:
+    """A pre_quant_scale of ones on a lone (o_proj-like) module of the checkpoint; its tensor name."""
     m = T.lone()
     edit_tensors(d, lambda t: t.update({f"{m}.pre_quant_scale": torch.ones(T.in_dim(m), dtype=T.dtype)}))
-    return {("pre-quant-scale-algo", f"{m}.pre_quant_scale")}
+    return f"{m}.pre_quant_scale"
+
+
+@corruption("pre-quant-scale-algo")
+def _(d, T):
+    return {("pre-quant-scale-algo", add_pre_quant_scale(d, T))}
 
 
 @corruption("pre-quant-scale-algo", "mixed", base="mixed")
 def _(d, T):
-    m = T.lone()
-    edit_tensors(d, lambda t: t.update({f"{m}.pre_quant_scale": torch.ones(T.in_dim(m), dtype=T.dtype)}))
-    return {("pre-quant-scale-algo", f"{m}.pre_quant_scale")}
+    return {("pre-quant-scale-algo", add_pre_quant_scale(d, T))}
 
 
 @corruption("pre-quant-scale-experts", "differ", base="awq")
@@ -674,9 +677,7 @@ def _(d, T):
 
 @corruption("pre-quant-scale-vllm")
 def _(d, T):
-    m = T.lone()
-    edit_tensors(d, lambda t: t.update({f"{m}.pre_quant_scale": torch.ones(T.in_dim(m), dtype=T.dtype)}))
-    return {("pre-quant-scale-vllm", f"{m}.pre_quant_scale")}
+    return {("pre-quant-scale-vllm", add_pre_quant_scale(d, T))}
 
 
 # -- corruption tests --------------------------------------------------------------------------------
