@@ -152,7 +152,7 @@ def main() -> int:
     exported = export_phase(cells, out / "cells", a.jobs, a.mo_site, a.device)
     t1 = time.time()
     jobs = []
-    for cell, rec in exported.items():
+    for rec in exported.values():
         if not rec.get("exported"):
             continue
         ckpt = Path(rec["dir"]) / "ckpt"

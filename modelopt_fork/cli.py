@@ -20,9 +20,29 @@ def cmd_materialize(args) -> int:
     return 0
 
 
+def _resolve_patches(root, names) -> list[str]:
+    """Series names for ``names``, each a full patch name or a unique prefix (``0010``)."""
+    from .series.seriesfile import load_series
+
+    series = list(load_series(root).names)
+    out = []
+    for name in names:
+        hits = [n for n in series if n == name] or [n for n in series if n.startswith(name)]
+        if len(hits) != 1:
+            raise SystemExit(f"modelopt-fork check: error: {name}: "
+                             f"{'matches ' + ', '.join(hits) if hits else 'not in patches/series'}")
+        out.append(hits[0])
+    return out
+
+
 def cmd_check(args) -> int:
     from .series.check import check
 
+    # the cheap argument errors first, not after the whole check has run
+    if args.green_from is not None and not args.green_from.is_file():
+        print(f"check: --green-from {args.green_from}: no such junit report")
+        return 2
+    patches = _resolve_patches(args.root, args.red_green) if args.red_green else None
     problems = check(args.root, collect_tests=not args.no_tests, log=_log)
     for p in problems:
         print(p)
@@ -30,13 +50,10 @@ def cmd_check(args) -> int:
         print(f"check: {len(problems)} problem(s)")
         return 1
     print("check: series, headers and patches are consistent; every patch applies with no fuzz")
-    if args.green_from is not None and not args.green_from.is_file():
-        print(f"check: --green-from {args.green_from}: no such junit report")
-        return 2
     if args.red_green is not None:
         from .series.redgreen import format_rows, red_green
 
-        rows = red_green(args.root, args.red_green or None, log=_log, green_from=args.green_from)
+        rows = red_green(args.root, patches, log=_log, green_from=args.green_from)
         print(format_rows(rows), flush=True)
         if not all(r.ok for r in rows):
             return 1

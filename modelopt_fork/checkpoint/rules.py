@@ -28,9 +28,10 @@ VLLM_MOE_LOADER = "vllm: vllm/model_executor/layers/fused_moe/layer.py (weight_l
 VLLM_MOE_ORACLE = "vllm: vllm/model_executor/layers/fused_moe/oracle/nvfp4.py (convert_to_nvfp4_moe_kernel_format)"
 VLLM_QUANT_CONFIG = "vllm: vllm/model_executor/model_loader/weight_utils.py (get_quant_config)"
 VLLM_ROUTERS = "vllm: vllm/model_executor/models/qwen2_moe.py, arctic.py (router ReplicatedLinear, quant_config)"
-VLLM_NVFP4_CONFIG = ("vllm: vllm/model_executor/layers/quantization/modelopt.py (0.25.1 line 1049, ModelOptNvFp4Config: "
-                     "'Unsupported ModelOpt NVFP4 quant_algo'; ModelOptMixedPrecisionConfig.get_quant_method: any "
-                     "other per-layer algo gets UnquantizedLinearMethod)")
+VLLM_NVFP4_CONFIG = ("vllm: vllm/model_executor/layers/quantization/modelopt.py (0.25.1 line 1049, "
+                     "ModelOptNvFp4Config: 'Unsupported ModelOpt NVFP4 quant_algo'; "
+                     "ModelOptMixedPrecisionConfig.get_quant_method: any other per-layer algo gets "
+                     "UnquantizedLinearMethod)")
 VLLM_ARCH_CONVERTOR = ("vllm: vllm/transformers_utils/model_arch_config_convertor.py (0.25.1 line 231, "
                        "'Unknown ModelOpt quant algo')")
 VLLM_LOAD_WEIGHTS = ("vllm: vllm/model_executor/models/utils.py (0.25.1 line 392, AutoWeightsLoader: 'There is no "
@@ -520,7 +521,7 @@ def _input_scale_normal(L: Layout) -> Iterator[Finding]:
       "scale than the one it was calibrated with, so the served model differs from the fake-quantized one.",
       VLLM_MOE_EMULATION, TRT_MOE, runtimes=("vllm",))
 def _expert_input_scale_shared(L: Layout) -> Iterator[Finding]:
-    for container, projs in sorted(L.experts.items()):
+    for projs in (v for _, v in sorted(L.experts.items())):
         first = {p for p in projs for g, u in GATE_UP if p in (g, u)}
         for role in (sorted(first), sorted(set(projs) - first)):
             vals = [(f"{m.name}.input_scale", v) for proj in role for _, m in sorted(projs[proj].items())

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..bench.procs import first_line
+from .axes import quant_config
 
 STAGES = ("build", "calibrate", "forward", "export", "check", "validate", "reference", "runtime")
 # stages after "check" that a caller may leave out (e.g. for upstream releases whose export
@@ -149,11 +150,14 @@ def _coverage(twin, scenario) -> dict:
 
 
 def run_cell(arch: str, cfg: str, scenario: str, *, device: str = "cpu", out_dir: Path,
-             seed: int = 0, num_experts=None, stages=OPTIONAL_STAGES, on_stage=None) -> CellResult:
+             seed: int = 0, num_experts=None, stages=OPTIONAL_STAGES, on_stage=None,
+             fold_pre_quant_scale: bool | None = None) -> CellResult:
     """Run one cell. Never raises for a failure of the code under test: the result says it.
 
     ``stages``: which of OPTIONAL_STAGES run after the structural check. ``on_stage(name)``
-    is called as each stage starts (progress display).
+    is called as each stage starts (progress display). ``fold_pre_quant_scale=False`` (AWQ
+    configs): export TensorRT-LLM's NVFP4_AWQ form, which keeps the AWQ pre_quant_scale
+    tensors; it is validated for TensorRT-LLM only and has no vLLM-convention runtime stage.
     """
     import transformers
 
@@ -185,7 +189,8 @@ def run_cell(arch: str, cfg: str, scenario: str, *, device: str = "cpu", out_dir
         begin("calibrate")
         import modelopt.torch.quantization as mtq
 
-        mtq.quantize(twin.model, getattr(mtq, cfg), scen.forward_loop)
+        mtq.quantize(twin.model, quant_config(cfg, fold_pre_quant_scale=fold_pre_quant_scale),
+                     scen.forward_loop)
         scen.after_calibration(twin)
 
         begin("forward")
@@ -225,13 +230,14 @@ def run_cell(arch: str, cfg: str, scenario: str, *, device: str = "cpu", out_dir
             begin("validate")
             from ..checkpoint.validate import validate_checkpoint
 
-            violations = validate_checkpoint(ckpt)
+            violations = validate_checkpoint(
+                ckpt, runtimes=("tensorrt-llm",) if fold_pre_quant_scale is False else None)
             if violations:
                 raise StageFailure([v.format() for v in violations])
         if "reference" in stages:
             begin("reference")
             res.info["reference"] = reference_agreement(ckpt, as_exported, original.cpu(), ids.cpu())
-        if "runtime" in stages:
+        if "runtime" in stages and fold_pre_quant_scale is not False:
             begin("runtime")
             res.info["runtime"] = runtime_agreement(ckpt, fake, ids.cpu())
         res.passed.append(stage)

@@ -32,9 +32,8 @@ class Exported:
 
 def _export(arch: str, cfg: str, out: Path) -> Exported:
     import modelopt.torch.quantization as mtq
-    from modelopt.torch.export import export_hf_checkpoint
-
     from _utils.configs import quant_config
+    from modelopt.torch.export import export_hf_checkpoint
 
     model = build(arch, seed=SEED)
     ids = calib_ids(seed=SEED)

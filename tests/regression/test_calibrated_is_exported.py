@@ -131,7 +131,6 @@ def test_vanishing_expert_amax_calibrated_as_exported(arch, tmp_path):
     quant alone would quantize under a unit block scale instead."""
     import modelopt.torch.quantization as mtq
     from modelopt.torch.export import export_hf_checkpoint
-
     from modelopt_fork.twin.scenarios import TINY_FACTOR, expert_input_quantizers
 
     model = build(arch, seed=11)

@@ -77,7 +77,8 @@ def _pytest_counts(repo: Path, files: list[str], xml: Path) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("name", PR_FIXES)
+# each param runs upstream's test twice in a fresh pristine repo (~45 s): the second is slow
+@pytest.mark.parametrize("name", [PR_FIXES[0], *(pytest.param(n, marks=pytest.mark.slow) for n in PR_FIXES[1:])])
 def test_staged_mbox_applies_to_pristine_with_git_am_and_its_test_passes(name, repo_root, git_user, tmp_path):
     out = tmp_path / "out"
     (st,) = stage(repo_root, [name], out, run_tests=False, log=quiet)
