@@ -151,13 +151,15 @@ def _coverage(twin, scenario) -> dict:
 
 def run_cell(arch: str, cfg: str, scenario: str, *, device: str = "cpu", out_dir: Path,
              seed: int = 0, num_experts=None, stages=OPTIONAL_STAGES, on_stage=None,
-             fold_pre_quant_scale: bool | None = None) -> CellResult:
+             fold_pre_quant_scale: bool | None = None, unfuse_experts: bool = False) -> CellResult:
     """Run one cell. Never raises for a failure of the code under test: the result says it.
 
     ``stages``: which of OPTIONAL_STAGES run after the structural check. ``on_stage(name)``
     is called as each stage starts (progress display). ``fold_pre_quant_scale=False`` (AWQ
     configs): export TensorRT-LLM's NVFP4_AWQ form, which keeps the AWQ pre_quant_scale
     tensors; it is validated for TensorRT-LLM only and has no vLLM-convention runtime stage.
+    ``unfuse_experts``: decompose transformers 5 fused experts into per-expert linears first
+    (:func:`..twin.unfuse.decompose_fused_experts`), as users do for per-expert AWQ.
     """
     import transformers
 
@@ -179,6 +181,13 @@ def run_cell(arch: str, cfg: str, scenario: str, *, device: str = "cpu", out_dir
     begin("build")
     try:
         twin = build_twin(arch, seed=seed, device=device, num_experts=num_experts)
+        if unfuse_experts:
+            from ..twin.moe import find_moe_blocks
+            from ..twin.unfuse import decompose_fused_experts
+
+            if not decompose_fused_experts(twin.model):
+                raise StageFailure([f"{arch}: no fused experts to decompose"])
+            twin.moe_blocks = find_moe_blocks(twin.model)
         scen = make(scenario, twin, seed=seed)
         scen.prepare(twin)
         res.dark_experts = _coverage(twin, scen)

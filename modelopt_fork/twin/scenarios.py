@@ -158,7 +158,13 @@ def _per_channel_amax(twin: Twin, ids: torch.Tensor) -> None:
             set_amax(q, seen[name].to(q.amax.device))
     # a per-channel calibrator runs inside max calibration, which then gives the experts of a
     # layer one input amax (the element-wise max: layer_sync_moe_local_experts_amax), the scale
-    # runtimes quantize the whole layer's inputs with; fused experts share one quantizer anyway
+    # runtimes quantize the whole layer's inputs with; fused experts share one quantizer anyway.
+    # The fork syncs every MoE layer (patch 0019); upstream only the blocks its plugins convert.
+    from modelopt.torch.quantization import model_calib
+
+    if hasattr(model_calib, "sync_moe_local_experts_amax"):
+        model_calib.sync_moe_local_experts_amax(twin.model)
+        return
     for module in twin.model.modules():
         if hasattr(module, "layer_sync_moe_local_experts_amax"):
             module.layer_sync_moe_local_experts_amax()

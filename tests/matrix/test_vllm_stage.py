@@ -66,7 +66,7 @@ def test_mla_disabled_runs_with_ordinary_attention(monkeypatch):
     assert attention_backend({"text_config": {"hidden_size": 8}}) == "TRITON_ATTN"
 
 
-@pytest.mark.parametrize("cfg", ["NVFP4_DEFAULT_CFG", "NVFP4_AWQ_LITE_CFG"])
+@pytest.mark.parametrize("cfg", ["NVFP4_DEFAULT_CFG", pytest.param("NVFP4_AWQ_LITE_CFG", marks=pytest.mark.slow)])
 def test_export_cell_on_cpu(cfg, tmp_path):
     rec = export_cell("qwen3-30b-a3b", cfg, "full", tmp_path, device="cpu")
     assert rec["violations"] == [] and rec["reference"] == "ok"

@@ -69,25 +69,27 @@ def test_calibrate_forward_export(arch, cfg, device, tmp_path):
     cos = torch.nn.functional.cosine_similarity(fake.flatten(), reference.flatten(), dim=0)
     assert cos > 0.5, cos
     _check_checkpoint(tmp_path / "ckpt", cfg)
+    if "AWQ" in cfg:  # every AWQ scale folded into the model (the default): a plain NVFP4 checkpoint
+        quant = json.loads((tmp_path / "ckpt" / "hf_quant_config.json").read_text())["quantization"]
+        assert quant["quant_algo"] == "NVFP4"
+        assert not any(k.endswith("pre_quant_scale") for k in load_tensors(tmp_path / "ckpt"))
 
 
 @pytest.mark.skipif(not TRANSFORMERS_5, reason="fused 3-D experts exist only in transformers >= 5")
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("fold", [True, False], ids=["folded", "kept-scales"])
-@pytest.mark.parametrize("cfg", ["NVFP4_AWQ_LITE_CFG", "NVFP4_AWQ_FULL_CFG"])
+@pytest.mark.parametrize("cfg", ["NVFP4_AWQ_LITE_CFG", pytest.param("NVFP4_AWQ_FULL_CFG", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_awq_export_fused_experts(arch, cfg, fold, device, tmp_path):
-    _calibrate_and_export(arch, cfg, device, tmp_path / "ckpt", fold=fold)
+def test_awq_export_fused_experts_kept_scales(arch, cfg, device, tmp_path):
+    """The kept-scale form (fold_pre_quant_scale=False) of fused experts exports (0.47.0 crashed
+    in get_experts_list, patch 0004); fused experts cannot hold kept per-expert scales, so they
+    stay unsmoothed (with a warning, patch 0020) and must be declared plain NVFP4."""
+    _calibrate_and_export(arch, cfg, device, tmp_path / "ckpt", fold=False)
     _check_checkpoint(tmp_path / "ckpt", cfg)
     quant = json.loads((tmp_path / "ckpt" / "hf_quant_config.json").read_text())["quantization"]
     tensors = load_tensors(tmp_path / "ckpt")
-    # fused experts get no AWQ smoothing: no expert carries a pre_quant_scale
     assert not any(".experts." in k and k.endswith("pre_quant_scale") for k in tensors)
-    if fold:  # every AWQ scale folded into the model: a plain NVFP4 checkpoint
-        assert quant["quant_algo"] == "NVFP4" and not any(k.endswith("pre_quant_scale") for k in tensors)
-    else:  # the scales kept on the attention projections: the experts must be declared plain NVFP4
-        experts = [v for k, v in quant["quantized_layers"].items() if k.endswith(".experts")]
-        assert experts and all(v["quant_algo"] == "NVFP4" for v in experts)
+    experts = [v for k, v in quant["quantized_layers"].items() if k.endswith(".experts")]
+    assert experts and all(v["quant_algo"] == "NVFP4" for v in experts)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,10 +1,12 @@
 """The MoE export matrix, cell by cell: {bundled architecture} x {NVFP4 config} x {scenario}.
 
-One body for CPU and CUDA. CI runs a fast subset per transformers line: every config with
-full coverage on every architecture, and on transformers 5 (fused experts) every other scenario
-with NVFP4_AWQ_LITE on Qwen3-MoE. On 4.57 the edge scenarios cost 4x as much (a Python loop
-per expert linear) and the per-expert dark-expert paths have their own regression tests
-(test_dark_expert.py), so there they are ``slow`` with the other cells
+One body for CPU and CUDA. AWQ calibrates every expert linear (fused experts too, patch 0020), so
+its cost grows with the expert count. CI runs a fast subset per transformers line: full coverage
+on every architecture with NVFP4 and AWQ-lite, AWQ-full on Mixtral (4 experts; the other
+architectures' AWQ-full paths have their own regression tests, test_calibrated_is_exported.py,
+test_calibrate_export.py and test_awq_full_unrouted_experts.py), and on transformers 5 every
+other scenario with AWQ-lite on Mixtral (on 4.57 the per-expert dark-expert paths have their
+own tests, test_dark_expert.py); the other cells are ``slow``
 (``tox -e matrix-tf457,matrix-tf514``; the GPU run takes them all). Every cell runs the
 ``runtime`` stage on CPU: the reference runtime in vLLM's convention against the model as
 calibrated.
@@ -23,7 +25,9 @@ from modelopt_fork.matrix.cell import run_cell, stages_for
 
 
 def _fast(arch: str, cfg: str, scenario: str) -> bool:
-    return scenario == "full" or (TRANSFORMERS_5 and cfg == "NVFP4_AWQ_LITE_CFG" and arch == "qwen3-30b-a3b")
+    if scenario == "full":  # AWQ-full (2-3x AWQ-lite per expert linear) on Mixtral (4 experts)
+        return cfg != "NVFP4_AWQ_FULL_CFG" or arch == "mixtral-8x7b"
+    return TRANSFORMERS_5 and cfg == "NVFP4_AWQ_LITE_CFG" and arch == "mixtral-8x7b"
 
 
 CELLS = [
