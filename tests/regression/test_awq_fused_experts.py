@@ -21,9 +21,10 @@ from modelopt_fork.matrix.cell import run_cell
 pytestmark = pytest.mark.skipif(not TRANSFORMERS_5, reason="fused experts exist only in transformers >= 5")
 
 
-# the matrix validates and runs the fused exports; here the two layouts are compared. DeepSeek
-# (16 experts, the costliest, MLA) only in the slow run, as AWQ-full.
-CI_ARCHS = ("qwen3-30b-a3b", "mixtral-8x7b", "gemma4-26b-a4b")
+# the matrix validates and runs the fused exports; here the two layouts are compared. In CI:
+# Gemma-4 (the original report's model) and Mixtral (w1/w2/w3 names per expert); Qwen3-MoE and
+# DeepSeek-V3 (16 experts each, 20-40 s per pair on 2 cores) in the slow run, as AWQ-full.
+CI_ARCHS = ("mixtral-8x7b", "gemma4-26b-a4b")
 
 
 @pytest.mark.parametrize("device", DEVICES)
