@@ -11,8 +11,9 @@ Per cell:
   ``||y_q - y|| / ||y||``, mean over the MoE layers. The norm is included because AWQ folds its
   scales into it.
 * ``KL``: full-vocab KL(unquantized || quantized) of the logits, mean over held-out tokens.
-* ``smoothed``: experts whose first projection (gate/up) and whose down projection AWQ changed
-  (weights differ from NVFP4_DEFAULT's calibrated model), out of all experts.
+* ``smoothed``: experts whose gate, up and down weights AWQ rescaled (relative change > 1e-4
+  against NVFP4_DEFAULT's calibrated model, which keeps them), out of all experts. ``up``
+  includes the fold of ``down``'s scale into it.
 
 Layouts: ``fused`` (transformers 5's 3-D experts), ``per-expert`` (per-expert ``nn.Linear``:
 transformers 4.57's layout, or transformers 5's decomposed by :mod:`modelopt_fork.twin.unfuse`).
@@ -79,17 +80,23 @@ def _record(model, units, ids):
 
 
 def _expert_weights(block):
-    """(first projection, down projection) weights of each expert."""
+    """(gate, up, down) weights of each expert."""
     ex = block.experts
     if block.fused:
-        return [(ex.gate_up_proj[e].detach().clone(), ex.down_proj[e].detach().clone())
-                for e in range(ex.gate_up_proj.shape[0])]
+        inter = ex.down_proj.shape[-1]
+        return [tuple(w.detach().clone() for w in (ex.gate_up_proj[e, :inter], ex.gate_up_proj[e, inter:],
+                                                   ex.down_proj[e])) for e in range(ex.down_proj.shape[0])]
     out = []
     for e in ex:
         kids = dict(e.named_children())
-        first, down = kids.get("gate_proj", kids.get("w1")), kids.get("down_proj", kids.get("w2"))
-        out.append((first.weight.detach().clone(), down.weight.detach().clone()))
+        linears = [kids.get(a, kids.get(b)) for a, b in (("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2"))]
+        out.append(tuple(m.weight.detach().clone() for m in linears))
     return out
+
+
+def _smoothed(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """AWQ rescaled the weight (not just rounded it: un-smoothing restores w * s / s to ~1 ulp)."""
+    return bool(((a - b).abs().amax() / b.abs().amax()) > 1e-4)
 
 
 def run(arch, layout, args):
@@ -140,9 +147,8 @@ def run(arch, layout, args):
         if default_w is None:
             default_w, smoothed = weights, "-"
         else:
-            first = sum(not torch.equal(a[0], b[0]) for a, b in zip(weights, default_w, strict=True))
-            down = sum(not torch.equal(a[1], b[1]) for a, b in zip(weights, default_w, strict=True))
-            smoothed = f"{first}/{len(weights)} gate-up, {down}/{len(weights)} down"
+            n = [sum(_smoothed(a[i], b[i]) for a, b in zip(weights, default_w, strict=True)) for i in range(3)]
+            smoothed = f"gate {n[0]}, up {n[1]}, down {n[2]} of {len(weights)}"
         rows.append((cfg.replace("_CFG", "").replace("NVFP4_", ""), sum(errs) / len(errs), kl, smoothed,
                      "; ".join(notes)))
     return rows

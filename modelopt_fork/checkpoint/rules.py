@@ -153,6 +153,20 @@ def _quant_config_present(L: Layout) -> Iterator[Finding]:
         yield "config.json:quantization_config", repr(cfg.get("quantization_config")), "an object"
 
 
+def _algos_outside(L: Layout, top: tuple[str, ...], per_layer: tuple[str, ...]) -> Iterator[Finding]:
+    """The checkpoint's quant_algo outside ``top``, and its MIXED_PRECISION layers' outside ``per_layer``."""
+    algo = L.quant.get("quant_algo")
+    if algo is None:
+        return
+    if str(algo).upper() not in top:
+        yield _qkey(L, "quant_algo"), repr(algo), f"one of {', '.join(top)}"
+    if L.mixed:
+        for key, entry in L.quantized_layers.items():
+            a = entry.get("quant_algo")
+            if a is not None and str(a).upper() not in per_layer:
+                yield _qkey(L, f"quantized_layers.{key}.quant_algo"), repr(a), f"one of {', '.join(per_layer)}"
+
+
 @rule("quant-algo-supported",
       "vLLM rejects a quant_algo outside its list (ModelOptQuantConfigBase.from_config, ModelOptNvFp4Config) and "
       "TensorRT-LLM maps it onto its QuantAlgo enum; for this NVFP4 contract the algorithm must be NVFP4, "
@@ -160,17 +174,7 @@ def _quant_config_present(L: Layout) -> Iterator[Finding]:
       "use one of those.",
       VLLM_MODELOPT, TRT_CONFIG)
 def _quant_algo_supported(L: Layout) -> Iterator[Finding]:
-    algo = L.quant.get("quant_algo")
-    if algo is None:
-        return
-    allowed = (*NVFP4_ALGOS, "MIXED_PRECISION")
-    if str(algo).upper() not in allowed:
-        yield _qkey(L, "quant_algo"), repr(algo), f"one of {', '.join(allowed)}"
-    if L.mixed:
-        for key, entry in L.quantized_layers.items():
-            a = entry.get("quant_algo")
-            if a is not None and str(a).upper() not in NVFP4_ALGOS:
-                yield _qkey(L, f"quantized_layers.{key}.quant_algo"), repr(a), f"one of {', '.join(NVFP4_ALGOS)}"
+    yield from _algos_outside(L, (*NVFP4_ALGOS, "MIXED_PRECISION"), NVFP4_ALGOS)
 
 
 @rule("quant-algo-vllm",
@@ -181,15 +185,8 @@ def _quant_algo_supported(L: Layout) -> Iterator[Finding]:
       "their scales folded into the weights and say NVFP4.",
       VLLM_NVFP4_CONFIG, VLLM_ARCH_CONVERTOR, runtimes=("vllm",))
 def _quant_algo_vllm(L: Layout) -> Iterator[Finding]:
-    algo = L.quant.get("quant_algo")
     allowed = ("NVFP4", "W4A16_NVFP4")
-    if algo is not None and str(algo).upper() not in (*allowed, "MIXED_PRECISION"):
-        yield _qkey(L, "quant_algo"), repr(algo), f"one of {', '.join((*allowed, 'MIXED_PRECISION'))}"
-    if L.mixed:
-        for key, entry in L.quantized_layers.items():
-            a = entry.get("quant_algo")
-            if a is not None and str(a).upper() not in allowed:
-                yield _qkey(L, f"quantized_layers.{key}.quant_algo"), repr(a), f"one of {', '.join(allowed)}"
+    yield from _algos_outside(L, (*allowed, "MIXED_PRECISION"), allowed)
 
 
 @rule("quant-config-keys",
