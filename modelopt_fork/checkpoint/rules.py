@@ -518,7 +518,7 @@ def _input_scale_normal(L: Layout) -> Iterator[Finding]:
       "scale than the one it was calibrated with, so the served model differs from the fake-quantized one.",
       VLLM_MOE_EMULATION, TRT_MOE, runtimes=("vllm",))
 def _expert_input_scale_shared(L: Layout) -> Iterator[Finding]:
-    for projs in (v for _, v in sorted(L.experts.items())):
+    for _, projs in sorted(L.experts.items()):
         first = {p for p in projs for g, u in GATE_UP if p in (g, u)}
         for role in (sorted(first), sorted(set(projs) - first)):
             vals = [(f"{m.name}.input_scale", v) for proj in role for _, m in sorted(projs[proj].items())
