@@ -1,13 +1,14 @@
 """The vLLM stage of the MoE matrix, on the GPU machine: export every cell, load it in real vLLM, compare.
 
     python3 benchmarks/gpu_vllm_matrix.py --out $OUT [--archs A ...] [--cfgs C ...] [--scenarios S ...]
-        [--dtype float32|bfloat16] [--real] [--jobs 8] [--vllm-jobs 4]
+        [--dtype float32|bfloat16] [--real] [--per-expert ARCH ...] [--jobs 8] [--vllm-jobs 4]
 
 Phase 1 (ModelOpt side, ``PYTHONPATH=$MO_SITE:<repo>``): every cell in a worker process
 (``python -m modelopt_fork.matrix.vllm_stage``, :func:`modelopt_fork.matrix.vllm_stage.export_cell`):
 build the twin on cuda, calibrate, take the fake-quantized log-probs, export, validate, run the
 reference runtime in vLLM's convention. ``--real``: also the real-width 128-expert twins of
-Qwen3-30B-A3B and Gemma-4 26B-A4B (scenario full).
+Qwen3-30B-A3B and Gemma-4 26B-A4B (scenario full). ``--per-expert ARCH``: also ARCH with its fused
+experts decomposed into per-expert linears (the original report's Gemma-4 layout).
 
 Phase 2 (vLLM side, ``PYTHONPATH=$VLLM_SITE:<repo>``, the vllm-kit install):
 ``python -m modelopt_fork.matrix.vllm_engine`` loads each checkpoint with the emulation backends
@@ -55,13 +56,15 @@ def export_phase(cells, out: Path, jobs: int, mo_site: str, device: str = "cuda"
     recs = {}
 
     def one(cell):
-        arch, cfg, scen, widths, experts, dtype = cell
+        arch, cfg, scen, widths, experts, dtype, layout = cell
         d = out / cell_name(cell)
         cmd = [sys.executable, "-m", "modelopt_fork.matrix.vllm_stage", arch, cfg, scen, str(d), "--device", device,
                "--widths", widths, "--dtype", dtype]
         if experts:
             cmd += ["--experts", str(experts)]
-        if cfg == CFGS[0] and scen == "full" and widths == "runtime":
+        if layout == "per-expert":
+            cmd.append("--unfuse-experts")
+        elif cfg == CFGS[0] and scen == "full" and widths == "runtime":
             cmd.append("--save-unquantized")
         got = []
         # cwd outside the checkout: ``python -m`` puts the cwd first on sys.path, which would shadow
@@ -84,8 +87,9 @@ def _is_mla(ckpt: Path) -> bool:
 
 
 def cell_name(cell) -> str:
-    arch, cfg, scen, widths, experts, dtype = cell
-    return f"{arch}__{SHORT[cfg]}__{scen}__{widths}{'-e' + str(experts) if experts else ''}__{dtype}"
+    arch, cfg, scen, widths, experts, dtype, layout = cell
+    name = f"{arch}__{SHORT[cfg]}__{scen}__{widths}{'-e' + str(experts) if experts else ''}__{dtype}"
+    return name + ("__per-expert" if layout == "per-expert" else "")
 
 
 def vllm_phase(jobs_list, out: Path, nproc: int, vllm_site: str) -> dict:
@@ -133,6 +137,10 @@ def main() -> int:
     ap.add_argument("--dtype", nargs="*", default=["float32"])
     ap.add_argument("--real", action="store_true", help="also the real-width 128-expert Qwen3 and Gemma-4 twins")
     ap.add_argument("--real-cfgs", nargs="*", default=CFGS)
+    ap.add_argument("--per-expert", nargs="*", default=[], metavar="ARCH",
+                    help="also these architectures with fused experts decomposed into per-expert linears "
+                         "(the original report's Gemma-4 layout), every --cfgs x --scenarios x --dtype")
+    ap.add_argument("--only-per-expert", action="store_true", help="only the --per-expert cells")
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--device", default="cuda", help="where phase 1 runs (cpu: a dry run of the pipeline)")
     ap.add_argument("--no-vllm", action="store_true", help="phase 1 and 3 only")
@@ -144,10 +152,12 @@ def main() -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    cells = [(arch, cfg, scen, "runtime", None, dt) for dt in a.dtype for arch in a.archs for cfg in a.cfgs
-             for scen in a.scenarios]
+    cells = [] if a.only_per_expert else [(arch, cfg, scen, "runtime", None, dt, "native") for dt in a.dtype
+                                          for arch in a.archs for cfg in a.cfgs for scen in a.scenarios]
+    cells += [(arch, cfg, scen, "runtime", None, dt, "per-expert") for dt in a.dtype for arch in a.per_expert
+              for cfg in a.cfgs for scen in a.scenarios]
     if a.real:
-        cells += [(arch, cfg, "full", "real", 128, "bfloat16") for arch in REAL for cfg in a.real_cfgs]
+        cells += [(arch, cfg, "full", "real", 128, "bfloat16", "native") for arch in REAL for cfg in a.real_cfgs]
     print(f"phase 1: {len(cells)} cells", flush=True)
     exported = export_phase(cells, out / "cells", a.jobs, a.mo_site, a.device)
     t1 = time.time()
@@ -174,7 +184,7 @@ def main() -> int:
     for cell, rec in exported.items():
         d = Path(rec["dir"])
         row = {"cell": cell_name(cell), "arch": cell[0], "cfg": SHORT[cell[1]], "scenario": cell[2],
-               "widths": cell[3], "dtype": cell[5], "export": rec}
+               "widths": cell[3], "dtype": cell[5], "layout": cell[6], "export": rec}
         if rec.get("exported"):
             ck = str(d / "ckpt")
             row["emulation"] = loaded.get((ck, "emulation"), {})
@@ -214,7 +224,8 @@ def table(rows, env, n_ok) -> str:
         emul, auto = r.get("emulation", {}), r.get("auto", {})
         vf, vr = g.get("vllm_vs_fake", {}), g.get("vllm_vs_reference", {})
         lines.append("| " + " | ".join([
-            r["arch"], r["cfg"], r["scenario"], r["widths"], r["dtype"],
+            r["arch"] + (" (per-expert)" if r.get("layout") == "per-expert" else ""), r["cfg"], r["scenario"],
+            r["widths"], r["dtype"],
             "ok" if e.get("exported") else f"FAIL {e.get('error', '')[:80]}",
             ("ok" if not e.get("violations") else f"{len(e['violations'])}: {e['violations'][0][:60]}")
             if e.get("exported") else "",

@@ -4,22 +4,10 @@
 #   .gpu/whl/*.whl      ModelOpt's run-time dependencies for python 3.12 (transformers 5.14.1, ...)
 #   modelopt/           the generated tree (the series under test)
 #   .gpu/base-tree.tgz  optional: another generated tree (e.g. the series before a change), run with BASE=1
-# Sets up /tmp/mo-site, then runs benchmarks/gpu_vllm_matrix.py "$@" (BASE=1: with the tree from
+# Sets up /tmp/mo-site (benchmarks/gpu_site.sh), then runs benchmarks/gpu_vllm_matrix.py "$@" (BASE=1: with the tree from
 # .gpu/base-tree.tgz first on the path). Writes $OUT/results.tgz and prints the table.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-if [ ! -d /tmp/mo-site/transformers ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/mo-site .gpu/whl/*.whl \
-    > "$OUT/mo-site-install.log" 2>&1 || { echo "mo-site install failed"; tail -5 "$OUT/mo-site-install.log"; }
-fi
-# modelopt reads its version from the distribution's metadata: give the carried tree one
-D=/tmp/mo-site/nvidia_modelopt-0.47.0+moe.1.dist-info
-[ -f $D/METADATA ] || { mkdir -p $D && printf 'Metadata-Version: 2.1\nName: nvidia-modelopt\nVersion: 0.47.0+moe.1\n' > $D/METADATA; }
-SITE=/tmp/mo-site
-if [ "${BASE:-}" = 1 ]; then
-  rm -rf /tmp/base && mkdir -p /tmp/base && tar xzf .gpu/base-tree.tgz -C /tmp/base
-  SITE=/tmp/base:/tmp/mo-site
-fi
+. benchmarks/gpu_site.sh
 # vLLM 0.25.1 runs with transformers 5.14.1 (the version the checkpoints are exported with, within
 # vLLM's transformers>=5.5.3): with the image's 5.17, Gemma4TextConfig is heterogeneous (per_layer_config)
 # and vLLM's config.head_dim raises AmbiguousGlobalPerLayerAttributeError. VLLM_TF=image keeps 5.17.
@@ -53,7 +41,7 @@ fi
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   (cd /tmp && PYTHONPATH=$SITE:$OLDPWD python3 -c "import torch, transformers, modelopt; print('modelopt side: torch', torch.__version__, 'transformers', transformers.__version__, 'modelopt', modelopt.__version__, modelopt.__file__)")
   (cd /tmp && PYTHONPATH=$VSITE:$OLDPWD python3 -c "import vllm, transformers; print('vllm side: vllm', vllm.__version__, 'transformers', transformers.__version__)")
-} > "$OUT/env_$RUN.txt" 2>&1
+} >> "$OUT/env_$RUN.txt" 2>&1
 cat "$OUT/env_$RUN.txt"
 python3 benchmarks/gpu_vllm_matrix.py --out "$OUT/$RUN" --mo-site "$SITE" --vllm-site "$VSITE" "$@"
 rc=$?

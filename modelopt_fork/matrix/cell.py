@@ -182,12 +182,9 @@ def run_cell(arch: str, cfg: str, scenario: str, *, device: str = "cpu", out_dir
     try:
         twin = build_twin(arch, seed=seed, device=device, num_experts=num_experts)
         if unfuse_experts:
-            from ..twin.moe import find_moe_blocks
-            from ..twin.unfuse import decompose_fused_experts
+            from ..twin.unfuse import decompose_twin_experts
 
-            if not decompose_fused_experts(twin.model):
-                raise StageFailure([f"{arch}: no fused experts to decompose"])
-            twin.moe_blocks = find_moe_blocks(twin.model)
+            decompose_twin_experts(twin)
         scen = make(scenario, twin, seed=seed)
         scen.prepare(twin)
         res.dark_experts = _coverage(twin, scen)

@@ -75,8 +75,13 @@ def agreement_bound(noise: dict) -> float:
 
 
 def export_cell(arch: str, cfg: str, scenario: str, out: Path, *, device: str = "cuda", widths: str = "runtime",
-                num_experts=None, seed: int = 0, dtype: str = "float32", save_unquantized: bool = False) -> dict:
-    """Build, calibrate, export and evaluate one cell; see the module docstring for what is written."""
+                num_experts=None, seed: int = 0, dtype: str = "float32", save_unquantized: bool = False,
+                unfuse_experts: bool = False) -> dict:
+    """Build, calibrate, export and evaluate one cell; see the module docstring for what is written.
+
+    ``unfuse_experts``: decompose transformers 5 fused experts into per-expert linears before the
+    scenario (:func:`..twin.unfuse.decompose_fused_experts`), the original report's layout.
+    """
     import torch
 
     import modelopt.torch.quantization as mtq
@@ -90,10 +95,15 @@ def export_cell(arch: str, cfg: str, scenario: str, out: Path, *, device: str = 
 
     out = Path(out)
     ckpt = out / "ckpt"
-    rec: dict = {"arch": arch, "cfg": cfg, "scenario": scenario, "widths": widths, "dtype": dtype, "ckpt": str(ckpt)}
+    rec: dict = {"arch": arch, "cfg": cfg, "scenario": scenario, "widths": widths, "dtype": dtype, "ckpt": str(ckpt),
+                 "layout": "per-expert" if unfuse_experts else "native"}
     t0 = time.perf_counter()
     torch_dtype = getattr(torch, dtype)
     twin = build_twin(arch, seed=seed, device=device, dtype=torch_dtype, num_experts=num_experts, widths=widths)
+    if unfuse_experts:
+        from ..twin.unfuse import decompose_twin_experts
+
+        decompose_twin_experts(twin)
     scen = make(scenario, twin, seed=seed)
     scen.prepare(twin)
     ids = calib_ids(twin.vocab_size, seed=seed + 1000, batch=1, seq=PROMPT_LEN)
@@ -162,12 +172,13 @@ def main(argv=None) -> int:
     ap.add_argument("--experts", default=None, help="number of experts, or 'real'")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--save-unquantized", action="store_true", help="also save the unquantized twin")
+    ap.add_argument("--unfuse-experts", action="store_true", help="decompose fused experts into per-expert linears")
     a = ap.parse_args(argv)
     experts = a.experts if a.experts in (None, "real") else int(a.experts)
     rec = {"arch": a.arch, "cfg": a.cfg, "scenario": a.scenario}
     try:
         rec = export_cell(a.arch, a.cfg, a.scenario, a.out, device=a.device, widths=a.widths, num_experts=experts,
-                          dtype=a.dtype, save_unquantized=a.save_unquantized)
+                          dtype=a.dtype, save_unquantized=a.save_unquantized, unfuse_experts=a.unfuse_experts)
         rec["exported"] = True
     except Exception as e:  # noqa: BLE001 -- the driver records the failure
         from ..bench.procs import first_line

@@ -93,3 +93,15 @@ def decompose_fused_experts(model: nn.Module) -> list[str]:
         parent.experts = experts
         done.append(block.experts_name)
     return done
+
+
+def decompose_twin_experts(twin) -> list[str]:
+    """:func:`decompose_fused_experts` on a twin's model, keeping ``twin.moe_blocks`` in step.
+
+    Raises :class:`ForkError` when the twin has no fused experts (nothing would be decomposed).
+    """
+    done = decompose_fused_experts(twin.model)
+    if not done:
+        raise ForkError(f"{type(twin.model).__name__}: no fused experts to decompose")
+    twin.moe_blocks = find_moe_blocks(twin.model)
+    return done
