@@ -38,12 +38,19 @@ from pathlib import Path
 import numpy as np
 
 PROMPT_LEN = 16
-# The agreement gate, vLLM (emulation) vs the fake-quantized model: mean |delta log-prob| at
-# most BOUND_FACTOR x the cell's noise floor (the same fake-quantized model on the device vs on
-# the CPU: ModelOpt's own two implementations, Triton kernel vs torch, which differ only in how
-# divisions round). vLLM is a third implementation of the same arithmetic, so it may differ
-# from either by about as much as they differ from each other; a factor 2 allows that and no
-# more. The floor is at least FLOOR_MIN (float32 rounding of log-probs of magnitude ~5).
+# The agreement gate, vLLM (emulation) vs the fake-quantized model, mean |delta log-prob|:
+# * float32 cells: at most FLOAT32_BOUND. Measured on an H200 (docs/vllm-stage.md, round 4):
+#   unquantized checkpoints, vLLM vs transformers 1.6e-7 to 3.9e-7 (the float32 floor of two
+#   implementations of one model); quantized, vLLM vs the fake-quantized model <= 2.0e-7 in all
+#   75 cells. 2e-6 is 5x the largest floor and 1e-4 of the 0.057 gap issue 14 started from,
+#   which it fails. The cell's own floor (the fake-quantized model on the device vs its CPU copy)
+#   is reported, and must be under the same bound (``floor_clean``): a loose floor is a finding
+#   (it was, until patch 0021: CUDA and CPU global scales differed by an ulp).
+# * bfloat16 cells: a random twin is chaotic under FP4 in bf16 (a bf16 ulp flips E2M1 roundings
+#   downstream; two correct bf16 evaluations differ by 0.02-0.4), so no bound can separate a
+#   wrong export from bf16 noise there. They are graded against BOUND_FACTOR x their own floor
+#   for the record, and gate on loading only.
+FLOAT32_BOUND = 2e-6
 BOUND_FACTOR = 2.0
 FLOOR_MIN = 1e-6
 
@@ -69,8 +76,10 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict:
             "nonfinite": int((~np.isfinite(a)).sum())}
 
 
-def agreement_bound(noise: dict) -> float:
+def agreement_bound(noise: dict, dtype: str = "float32") -> float:
     """Largest mean |delta log-prob| accepted between vLLM and the fake-quantized model."""
+    if dtype == "float32":
+        return FLOAT32_BOUND
     return BOUND_FACTOR * max(noise["mean"], FLOOR_MIN)
 
 
@@ -132,8 +141,11 @@ def export_cell(arch: str, cfg: str, scenario: str, out: Path, *, device: str = 
     return rec
 
 
-def grade(cell_dir: Path) -> dict:
-    """Compare what a cell's directory holds (after :mod:`.vllm_engine` ran on its checkpoint)."""
+def grade(cell_dir: Path, dtype: str = "float32") -> dict:
+    """Compare what a cell's directory holds (after :mod:`.vllm_engine` ran on its checkpoint).
+
+    ``gated``: whether ``agrees`` decides the cell (float32) or is only recorded (bfloat16).
+    """
     d = Path(cell_dir)
 
     def load(name):
@@ -141,10 +153,12 @@ def grade(cell_dir: Path) -> dict:
 
     fake, fake_cpu, orig, ref = (load(n) for n in ("fake.npy", "fake_cpu.npy", "original.npy", "reference.npy"))
     emul, auto = load("ckpt/vllm_emulation.npy"), load("ckpt/vllm_auto.npy")
-    g: dict = {"fake_vs_original": compare(fake, orig)}
+    g: dict = {"fake_vs_original": compare(fake, orig), "gated": dtype == "float32"}
     if fake_cpu is not None:
         g["noise"] = compare(fake_cpu, fake)
-        g["bound"] = agreement_bound(g["noise"])
+        g["bound"] = agreement_bound(g["noise"], dtype)
+        if dtype == "float32":
+            g["floor_clean"] = g["noise"]["mean"] <= FLOAT32_BOUND
     if emul is not None:
         g["vllm_vs_fake"] = compare(emul, fake)
         if "bound" in g:

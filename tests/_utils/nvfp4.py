@@ -12,7 +12,8 @@ def real_qdq(x: torch.Tensor, amax: torch.Tensor, block_size: int = 16) -> torch
     """What export writes and a runtime reads back: NVFP4QTensor.quantize then dequantize."""
     from modelopt.torch.quantization.qtensor import NVFP4QTensor
 
-    gs = amax.float().reshape(()).to(x.device) / (6.0 * 448.0)
+    amax = amax.float().reshape(()).to(x.device)
+    gs = amax / torch.full((), 6.0 * 448.0, device=x.device)  # the IEEE quotient on any device
     qt, scale, gs_out = NVFP4QTensor.quantize(x, block_size, weights_scaling_factor_2=gs)
     return qt.dequantize(dtype=x.dtype, scale=scale, double_scale=gs_out, block_sizes={-1: block_size})
 

@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from modelopt_fork.matrix.vllm_engine import attention_backend, checkpoint_dtype, engine_args
-from modelopt_fork.matrix.vllm_stage import BOUND_FACTOR, FLOOR_MIN, agreement_bound, compare, export_cell, grade
+from modelopt_fork.matrix.vllm_stage import (
+    BOUND_FACTOR,
+    FLOAT32_BOUND,
+    FLOOR_MIN,
+    agreement_bound,
+    compare,
+    export_cell,
+    grade,
+)
 
 
 def _logprobs(seed, shape=(4, 32)):
@@ -31,9 +39,14 @@ def test_compare_measures_what_it_says():
     assert compare(b, a)["nonfinite"] == 1
 
 
-def test_bound_is_a_multiple_of_the_floor_with_a_minimum():
-    assert agreement_bound({"mean": 0.01}) == BOUND_FACTOR * 0.01
-    assert agreement_bound({"mean": 0.0}) == BOUND_FACTOR * FLOOR_MIN
+def test_float32_bound_is_fixed_and_fails_the_original_gap():
+    assert agreement_bound({"mean": 0.01}) == agreement_bound({"mean": 0.0}) == FLOAT32_BOUND
+    assert FLOAT32_BOUND < 0.057 / 1000  # issue 14's vLLM-vs-fake gap fails it by far
+
+
+def test_bf16_bound_is_a_multiple_of_the_floor_with_a_minimum():
+    assert agreement_bound({"mean": 0.01}, "bfloat16") == BOUND_FACTOR * 0.01
+    assert agreement_bound({"mean": 0.0}, "bfloat16") == BOUND_FACTOR * FLOOR_MIN
 
 
 def test_grade_reads_the_cell_directory(tmp_path):
@@ -44,9 +57,15 @@ def test_grade_reads_the_cell_directory(tmp_path):
     np.save(tmp_path / "original.npy", _logprobs(2))
     np.save(tmp_path / "ckpt" / "vllm_emulation.npy", fake + np.float32(2**-20))
     g = grade(tmp_path)
-    assert g["agrees"] and g["vllm_vs_fake"]["mean"] == pytest.approx(2**-20, rel=0.05)
-    np.save(tmp_path / "ckpt" / "vllm_emulation.npy", fake + 1e-2)  # far above the floor
+    assert g["agrees"] and g["gated"] and g["floor_clean"]
+    assert g["vllm_vs_fake"]["mean"] == pytest.approx(2**-20, rel=0.05)
+    np.save(tmp_path / "ckpt" / "vllm_emulation.npy", fake + 1e-2)  # far above the bound
     assert not grade(tmp_path)["agrees"]
+    np.save(tmp_path / "fake_cpu.npy", fake + 1e-2)  # a loose floor does not loosen the float32 bound
+    g = grade(tmp_path)
+    assert not g["agrees"] and not g["floor_clean"]
+    g = grade(tmp_path, "bfloat16")  # bf16: against its own floor, recorded, not gated
+    assert g["agrees"] and not g["gated"] and "floor_clean" not in g
 
 
 def test_engine_arguments(tmp_path):
