@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import modelopt.torch.quantization as mtq  # noqa: E402
 from modelopt.torch.quantization.nn import TensorQuantizer  # noqa: E402
-
 from modelopt_fork.twin import build_twin  # noqa: E402
 from modelopt_fork.twin.build import calib_ids  # noqa: E402
 from modelopt_fork.twin.scenarios import make  # noqa: E402
@@ -66,7 +65,7 @@ def main():
     print(f"{arch} {cfg} {scen_name} on {dev}: weights whose fake quant differs (cuda vs CPU copy)")
     n_diff = 0
     with torch.no_grad():
-        for (name, w, q), (_, wc, qc) in zip(weight_pairs(twin.model), weight_pairs(cpu)):
+        for (name, w, q), (_, wc, qc) in zip(weight_pairs(twin.model), weight_pairs(cpu), strict=True):
             a, b = q(w).cpu(), qc(wc)
             d = int((a != b).sum())
             if d:
@@ -83,7 +82,7 @@ def main():
     oa, ob = outputs(twin.model, ids), outputs(cpu, ids)
     print("first modules whose output differs (max |delta| / max |out|):")
     shown = 0
-    for (n, a), (_, b) in zip(oa, ob):
+    for (n, a), (_, b) in zip(oa, ob, strict=True):
         if a.shape == b.shape and not torch.equal(a, b):
             rel = float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
             if rel > 1e-5:

@@ -113,5 +113,5 @@ def test_export_global_scales_equal_cpu():
         q.cuda()
         on_cuda = (NVFP4QTensor.get_weights_scaling_factor_2_from_quantizer(q).cpu(),
                    NVFP4QTensor.get_activation_scaling_factor(q).cpu())
-        differ += sum(not torch.equal(x, y) for x, y in zip(on_cpu, on_cuda))
+        differ += sum(not torch.equal(x, y) for x, y in zip(on_cpu, on_cuda, strict=True))
     assert differ == 0
