@@ -3,12 +3,19 @@
 * idempotent: a stamp (upstream version, wheel hash, series hash, file manifest)
   says whether the tree already is what the series produces;
 * atomic: the series is applied in a staging dir next to the destination, and
-  only a fully patched tree is renamed into place;
+  only a fully patched tree is renamed into place; an error during the swap puts the
+  previous tree back, and a crash during it leaves a marker (``SWAP_MARKER``) that makes
+  the tree read as incomplete (rebuilt by the next run, refused by ``refresh``);
+* exclusive: one materialize/refresh at a time per checkout (``locked``);
+* verified: the pristine cache is checked against the file hashes recorded when it was
+  unpacked, and unpacked again if it differs;
 * offline: $MODELOPT_FORK_WHEEL points at a local copy of the pinned wheel.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -18,13 +25,48 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .apply import apply_patch
-from .errors import DirtyTreeError
+from .errors import DirtyTreeError, ForkError
 from .pin import Pin, load_pin
 from .seriesfile import Series, load_series
 from .tree import STAMP_NAME, UPSTREAM_TESTS_DIR, diff_manifests, manifest
 from .wheel import STATE_DIR, obtain_wheel, unpack
 
 STAMP_FORMAT = 1
+PRISTINE_RECORD = ".complete"  # {"wheel_sha256": ..., "files": manifest} of the pristine tree
+SWAP_MARKER = ".fork-swap-incomplete"  # in the destination while its top dirs are being swapped
+_LEFTOVER_PREFIXES = (".staging-", ".trash-")
+_held: set[Path] = set()  # locks this process holds (``locked`` is reentrant)
+
+
+def _flock(path: Path, *, wait: bool):
+    """An exclusive ``fcntl.flock`` on ``path`` for a ``with`` block; None if busy and not ``wait``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a")  # noqa: SIM115 (closed by the returned context)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        f.close()
+        return None
+    return contextlib.closing(f)
+
+
+@contextlib.contextmanager
+def locked(root: Path):
+    """Hold the checkout's lock (``.modelopt-fork/lock``): one materialize/refresh at a time."""
+    path = Path(root).resolve() / STATE_DIR / "lock"
+    if path in _held:
+        yield
+        return
+    lock = _flock(path, wait=False)
+    if lock is None:
+        raise ForkError(f"{root}: another modelopt-fork materialize or refresh is running on this checkout "
+                        f"(it holds {path}); wait for it to finish and run again")
+    with lock:
+        _held.add(path)
+        try:
+            yield
+        finally:
+            _held.discard(path)
 
 
 def series_hash(pin: Pin, series: Series, names: list[str] | tuple[str, ...]) -> str:
@@ -47,22 +89,45 @@ def pristine_dir(root: Path, pin: Pin) -> Path:
     return Path(root) / STATE_DIR / "pristine" / f"{pin.version}-{pin.sha256[:12]}"
 
 
-def ensure_pristine(root: Path, pin: Pin, log=print) -> Path:
-    dest = pristine_dir(root, pin)
-    marker = dest / ".complete"
-    if marker.is_file():
-        return dest
-    wheel = obtain_wheel(pin, root, log)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
+def _pristine_problems(dest: Path, pin: Pin) -> list[str]:
+    """How the pristine tree at ``dest`` differs from the hashes recorded when it was unpacked."""
     try:
-        unpack(wheel, tmp, pin.packages)
-        (tmp / ".complete").write_text(pin.sha256 + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        record = json.loads((dest / PRISTINE_RECORD).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return ["no hash record"]
+    if not isinstance(record, dict) or record.get("wheel_sha256") != pin.sha256:
+        return ["hash record of another wheel"]
+    return diff_manifests(record.get("files") or {}, manifest(dest, pin.packages))
+
+
+def _remove_unpacks(parent: Path) -> None:
+    """Remove what interrupted unpacks left in the pristine cache (call with its lock held)."""
+    for stale in parent.glob(".unpack-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def ensure_pristine(root: Path, pin: Pin, log=print) -> Path:
+    """The verified pristine tree of ``pin`` (unpacked from the verified wheel when missing or altered)."""
+    dest = pristine_dir(root, pin)
+    with _flock(dest.parent / ".lock", wait=True):
+        if dest.is_dir():
+            problems = _pristine_problems(dest, pin)
+            if not problems:
+                return dest
+            log(f"{dest}: pristine cache does not match its recorded hashes ({', '.join(problems[:3])}"
+                f"{', ...' if len(problems) > 3 else ''}); unpacking the wheel again")
+        _remove_unpacks(dest.parent)
+        wheel = obtain_wheel(pin, root, log)
+        tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
+        try:
+            unpack(wheel, tmp, pin.packages)
+            record = {"wheel_sha256": pin.sha256, "files": manifest(tmp, pin.packages)}
+            (tmp / PRISTINE_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -79,10 +144,12 @@ class TreeState:
     stamp: dict | None
     expected_hash: str
     edits: list[str]
+    incomplete: bool = False  # a swap was interrupted: part old tree, part new; rebuild it
 
     @property
     def up_to_date(self) -> bool:
-        return self.stamp is not None and self.stamp.get("series_sha256") == self.expected_hash
+        return (not self.incomplete and self.stamp is not None
+                and self.stamp.get("series_sha256") == self.expected_hash)
 
     @property
     def clean(self) -> bool:
@@ -94,10 +161,11 @@ def tree_state(root: Path, *, dest: Path | None = None, exclude: tuple[str, ...]
     dest = Path(dest or root)
     names = [n for n in series.names if n not in exclude]
     stamp = read_stamp(dest, pin)
+    incomplete = (dest / SWAP_MARKER).exists()
     edits = []
-    if stamp is not None:
+    if stamp is not None and not incomplete:  # a half-swapped tree's differences are not edits
         edits = diff_manifests(stamp.get("files", {}), manifest(dest, checkout_dirs(pin)))
-    return TreeState(stamp, series_hash(pin, series, names), edits)
+    return TreeState(stamp, series_hash(pin, series, names), edits, incomplete)
 
 
 def build_tree(root: Path, names: list[str], out: Path, log=print) -> Path:
@@ -144,6 +212,44 @@ def write_stamp(tree: Path, pin: Pin, names: list[str], exclude: tuple[str, ...]
     return stamp
 
 
+def _swap(dest: Path, new: Path, trash: Path, tops: list[str]) -> None:
+    """Move each of ``tops`` from ``new`` into ``dest`` (the old one to ``trash``), all or nothing.
+
+    An error puts back what was moved. A crash leaves ``SWAP_MARKER`` in ``dest``: the tree
+    then reads as incomplete and the next materialize rebuilds it.
+    """
+    marker = dest / SWAP_MARKER
+    marker.write_text(f"{new}\n")
+    done: list[tuple[Path, Path]] = []
+    try:
+        for top in tops:
+            for src, dst in ((dest / top, trash / top), (new / top, dest / top)):
+                if src.exists():
+                    os.replace(src, dst)
+                    done.append((src, dst))
+    except BaseException as e:
+        for src, dst in reversed(done):
+            os.replace(dst, src)
+        marker.unlink()
+        if isinstance(e, Exception):
+            raise ForkError(f"{dest}: swapping in the new tree failed ({e}); the previous tree is back "
+                            "in place") from e
+        raise
+    marker.unlink()
+
+
+def _clean_leftovers(root: Path, pin: Pin, dest: Path, log) -> None:
+    """Remove the staging, trash and unpack dirs of interrupted runs (call with the checkout's lock held)."""
+    for p in sorted(dest.glob(".*")) if dest.is_dir() else []:
+        if p.name.startswith(_LEFTOVER_PREFIXES) and p.is_dir():
+            log(f"{dest}: removing {p.name}, left by an interrupted run")
+            shutil.rmtree(p, ignore_errors=True)
+    cache = pristine_dir(root, pin).parent
+    if cache.is_dir():
+        with _flock(cache / ".lock", wait=True):
+            _remove_unpacks(cache)
+
+
 def materialize(root: Path, *, force: bool = False, dest: Path | None = None,
                 exclude: tuple[str, ...] = (), log=print) -> bool:
     """Make ``dest`` (default: the checkout) hold pristine upstream + the series (minus ``exclude``).
@@ -151,13 +257,20 @@ def materialize(root: Path, *, force: bool = False, dest: Path | None = None,
     Returns True if the tree was (re)built, False if it was already up to date.
     """
     root = Path(root).resolve()
-    dest = Path(dest or root).resolve()
+    with locked(root):
+        return _materialize(root, force=force, dest=Path(dest or root).resolve(), exclude=exclude, log=log)
+
+
+def _materialize(root: Path, *, force: bool, dest: Path, exclude: tuple[str, ...], log) -> bool:
     pin, series = load_pin(root), load_series(root)
     for name in exclude:
         series.index(name)  # unknown names are an error, not a silent no-op
     names = [n for n in series.names if n not in exclude]
+    _clean_leftovers(root, pin, dest, log)
     state = tree_state(root, dest=dest, exclude=exclude)
-    if not force:
+    if state.incomplete:
+        log(f"{dest}: an interrupted materialize left a half-swapped tree; rebuilding it")
+    elif not force:
         if state.up_to_date and state.clean:
             log(f"{dest}: up to date ({pin.fork_version}, {len(names)} patches)")
             return False
@@ -175,16 +288,11 @@ def materialize(root: Path, *, force: bool = False, dest: Path | None = None,
         if (tree / "tests").exists():
             os.replace(tree / "tests", tree / UPSTREAM_TESTS_DIR)
         write_stamp(tree, pin, names, exclude, state.expected_hash)
-        tops = checkout_dirs(pin)
-        # Swap: the primary package (which carries the stamp) goes last, so a crash
-        # in between leaves a tree whose stamp does not match and is rebuilt next time.
-        for top in sorted(tops, key=lambda t: t == pin.packages[0]):
-            if (dest / top).exists():
-                os.replace(dest / top, trash / top)
-            if (staging / "tree" / top).exists():
-                os.replace(staging / "tree" / top, dest / top)
+        # the primary package (which carries the stamp) goes last
+        _swap(dest, tree, trash, sorted(checkout_dirs(pin), key=lambda t: t == pin.packages[0]))
         log(f"{dest}: materialized {pin.fork_version} ({len(names)} patches)")
         return True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(trash, ignore_errors=True)
+        if not (dest / SWAP_MARKER).exists():  # a failed rollback: the old tree stays in trash
+            shutil.rmtree(trash, ignore_errors=True)

@@ -18,9 +18,19 @@ from .apply import apply_patch
 from .diff import diff_trees
 from .errors import DirtyTreeError, SeriesError
 from .header import header_template, split_patch
-from .materialize import build_tree, patch_tops, series_hash, snapshot_checkout, tree_state, write_stamp
+from .materialize import (
+    build_tree,
+    checkout_dirs,
+    locked,
+    patch_tops,
+    series_hash,
+    snapshot_checkout,
+    tree_state,
+    write_stamp,
+)
 from .pin import load_pin
 from .seriesfile import append_to_series, load_series
+from .tree import iter_files
 
 
 def _git_identity() -> str:
@@ -35,8 +45,16 @@ def _git_identity() -> str:
 def refresh(root: Path, patch: str | None = None, *, new: str | None = None, log=print) -> list[str]:
     """Refresh one patch (or create ``new``). Returns the names of patch files rewritten."""
     root = Path(root).resolve()
+    with locked(root):
+        return _refresh(root, patch, new=new, log=log)
+
+
+def _refresh(root: Path, patch: str | None, *, new: str | None, log) -> list[str]:
     pin, series = load_pin(root), load_series(root)
     state = tree_state(root)
+    if state.incomplete:
+        raise DirtyTreeError(f"{root}: the tree is incomplete (an interrupted materialize); its differences "
+                             "are not edits. Run `modelopt-fork materialize` to rebuild it.")
     if state.stamp is None:
         raise DirtyTreeError(f"{root}: no materialized tree (run `modelopt-fork materialize`)")
     if state.stamp.get("excluded") or list(state.stamp.get("patches", [])) != list(series.names):
@@ -45,6 +63,14 @@ def refresh(root: Path, patch: str | None = None, *, new: str | None = None, log
             f"({state.stamp.get('patches')}) than patches/series ({list(series.names)}); "
             "refresh cannot tell which patch your edits belong to. Save your edits, run "
             "`modelopt-fork materialize --force`, and redo them."
+        )
+    stamped = {k.split("/", 1)[0] for k in state.stamp.get("files", {})}
+    gone = [t for t in checkout_dirs(pin) if t in stamped and not iter_files(root / t)]
+    if gone:  # a missing generated dir, not an edit: never a patch that deletes all of it
+        raise DirtyTreeError(
+            f"{root}: refusing to write a patch that deletes all of {', '.join(t + '/' for t in gone)}: "
+            "a generated directory is missing from the checkout. Restore it (`modelopt-fork materialize "
+            "--force` rebuilds the tree, discarding unrefreshed edits) and refresh again."
         )
     tops = patch_tops(pin)
     written: list[str] = []

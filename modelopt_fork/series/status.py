@@ -27,7 +27,11 @@ def status_lines(root: Path) -> tuple[list[str], bool]:
         fwd = p.get("Forwarded") if p else "?"
         lines.append(f"  [{mark}] {name}  (Forwarded: {fwd or '?'})")
     ok = True
-    if st.stamp is None:
+    if st.incomplete:
+        lines.append("tree:      incomplete: a materialize was interrupted while swapping the tree in "
+                     "(run `modelopt-fork materialize` to rebuild it)")
+        ok = False
+    elif st.stamp is None:
         lines.append("tree:      not materialized (run `modelopt-fork materialize`)")
         ok = False
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,8 +10,13 @@ import torch
 
 from ..series.errors import ForkError
 from .moe import MoEBlock, find_moe_blocks
-from .shrink import shrink
+from .shrink import RUNTIME, TINY, shrink, text_part
 from .source import load_config_dict
+
+# Most parameters a twin may have, per widths ("real" keeps the real widths: no bound). The
+# largest bundled twins have 1.7M (tiny: gemma4-26b-a4b, deepseek-v3 with --experts real) and
+# 26.6M (runtime: deepseek-v3, --experts real), so every bundled twin fits with a margin > 3.5x.
+PARAM_BUDGET = {"tiny": 10_000_000, "runtime": 100_000_000}
 
 
 @dataclass
@@ -26,21 +32,76 @@ class Twin:
 
 
 def twin_config(source: str | Path, *, layers: int = 2, num_experts=None, top_k=None, widths: str = "tiny"):
-    """The transformers config of the twin of ``source`` (``widths``: see :func:`.shrink.shrink`)."""
+    """The transformers config of the twin of ``source`` (``widths``: see :func:`.shrink.shrink`).
+
+    Raises ForkError (one line) for a config it cannot shrink and for a twin over ``PARAM_BUDGET``.
+    """
     import transformers
     from transformers import CONFIG_MAPPING
 
     name, raw = load_config_dict(source)
-    d = shrink(raw, layers=layers, num_experts=num_experts, top_k=top_k, widths=widths)
-    model_type = d.pop("model_type")
+    model_type = text_part(raw)["model_type"]
     if model_type not in CONFIG_MAPPING:
         raise ForkError(
             f"{name}: model_type {model_type!r} is not an architecture of transformers "
             f"{transformers.__version__}; twins are built from native transformers classes "
             "(remote code is never run)"
         )
-    d.pop("architectures", None)
-    return name, transformers.AutoConfig.for_model(model_type, **d)
+    try:
+        cls = CONFIG_MAPPING[model_type]
+        d = shrink(raw, layers=layers, num_experts=num_experts, top_k=top_k, widths=widths,
+                   defaults=_class_defaults(cls), aliases=getattr(cls, "attribute_map", None))
+        d.pop("model_type")
+        d.pop("architectures", None)
+        cfg = transformers.AutoConfig.for_model(model_type, **d)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ForkError(f"{name}: cannot make a twin of this config: {type(e).__name__}: "
+                        f"{' '.join(str(e).split())}") from None
+    if widths in PARAM_BUDGET:
+        _check_budget(name, cfg, PARAM_BUDGET[widths], max((RUNTIME if widths == "runtime" else TINY).values()))
+    return name, cfg
+
+
+def _class_defaults(config_class) -> dict:
+    try:
+        return config_class().to_dict()
+    except Exception:  # a class that needs arguments: no defaults to fill in
+        return {}
+
+
+def _check_budget(name: str, cfg, budget: int, width_limit: int) -> None:
+    """Build the twin on the meta device (no memory, no init) and count its parameters."""
+    import transformers
+
+    try:
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(cfg))
+    except Exception:  # the build stage reports why it does not build
+        return
+    n = sum(p.numel() for p in model.parameters())
+    if n > budget:
+        keys = _large_sizes(cfg.to_dict(), width_limit)
+        raise ForkError(
+            f"{name}: its twin would have {n / 1e6:.0f}M parameters, over the {budget / 1e6:.0f}M budget; "
+            f"size keys that look unshrunk: {', '.join(keys) or 'none found'} (the twin builder shrinks "
+            "the usual names: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, "
+            "expert counts, ...; see modelopt_fork/twin/shrink.py)"
+        )
+
+
+_NOT_SIZES = ("token_id", "theta", "position")  # integers that cost no parameters
+
+
+def _large_sizes(d: dict, limit: int, prefix: str = "") -> list[str]:
+    """'key=value' for the integers of ``d`` (nested dicts too) above ``limit``, and layer counts above 4."""
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _large_sizes(v, limit, f"{prefix}{k}.")
+        elif (isinstance(v, int) and not isinstance(v, bool) and not any(w in k for w in _NOT_SIZES)
+              and (v > limit or ("layer" in k and v > 4))):
+            out.append(f"{prefix}{k}={v}")
+    return out
 
 
 def build_twin(source: str | Path, *, seed: int = 0, device: str = "cpu", dtype=torch.float32,

@@ -6,7 +6,11 @@ scoring, normalisation), attention flavour (GQA vs MHA, MLA ranks present or not
 vs full layers in the same order), gate/up naming. Shrunk: widths, depth, vocabulary.
 The number of experts defaults to ``max(4, 2*top_k)`` capped at the real count; pass
 ``num_experts="real"`` for the real count. Unknown keys are left alone, so an MoE that is
-not bundled but uses the usual key names works without code changes.
+not bundled but uses the usual key names works without code changes; the size keys it does
+not know are bounded by the parameter budget of :func:`.build.twin_config` (a clear error).
+Width keys missing from the config are shrunk too (``defaults``: the config class's values
+for them), and keys that make transformers fetch code or kernels from the Hub
+(``HUB_KEYS``) are removed at every level.
 
 ``widths="real"`` keeps every width of the real model (hidden, intermediate and expert
 intermediate sizes, attention heads, head dims, LoRA ranks, positions, sliding window) and
@@ -27,6 +31,7 @@ TINY = {
     "intermediate_size": 128,
     "moe_intermediate_size": 32,
     "shared_expert_intermediate_size": 32,
+    "expert_ffn_hidden_size": 32,
     "ffn_hidden_size": 128,
     "head_dim": 16,
     "global_head_dim": 32,
@@ -44,6 +49,15 @@ EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "mo
 TOP_K_KEYS = ("num_experts_per_tok", "top_k_experts", "moe_topk", "moe_k")
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 DROP_KEYS = ("quantization_config", "auto_map", "_name_or_path", "transformers_version")
+# A repo id here makes transformers download code (auto_map) or kernels (`attn_implementation=
+# "org/repo"`, same for experts); a twin uses the native classes' defaults.
+HUB_KEYS = ("auto_map", "custom_pipelines", "attn_implementation", "_attn_implementation",
+            "experts_implementation", "_experts_implementation")
+# Width keys that size weights: when config.json leaves one out, the class default (often the
+# full model's width, e.g. hidden_size=4096) would be used, so it is filled in and shrunk.
+FILL_FROM_DEFAULTS = ("hidden_size", "intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size",
+                      "expert_ffn_hidden_size", "ffn_hidden_size", "q_lora_rank", "kv_lora_rank",
+                      "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "vocab_size", "num_attention_heads")
 # ``widths="runtime"``: the smallest widths a real runtime's kernels take. vLLM's Marlin NVFP4
 # kernels need every linear's in_features % 128 == 0 and out_features % 64 == 0 (marlin_utils.py:
 # GPTQ_MARLIN_MIN_THREAD_K / _N) and a fused MoE's hidden % 128 == 0, intermediate % 64 == 0
@@ -54,6 +68,7 @@ RUNTIME = {
     "intermediate_size": 512,
     "moe_intermediate_size": 128,
     "shared_expert_intermediate_size": 128,
+    "expert_ffn_hidden_size": 128,
     "ffn_hidden_size": 512,
     "head_dim": 64,
     "global_head_dim": 128,
@@ -68,6 +83,7 @@ RUNTIME = {
     "vocab_size_per_layer_input": 256,
 }
 HEADS = 4
+ALIASED = (*TINY, "num_hidden_layers", "num_attention_heads", "num_key_value_heads")  # see ``aliases``
 REAL_WIDTHS_VOCAB = 1024
 WIDTHS = ("tiny", "runtime", "real")
 
@@ -85,9 +101,33 @@ def _first(d: dict, keys) -> str | None:
     return next((k for k in keys if d.get(k) is not None), None)
 
 
+def _strip_hub_keys(d: dict) -> None:
+    for k in HUB_KEYS:
+        d.pop(k, None)
+    for v in d.values():
+        if isinstance(v, dict):
+            _strip_hub_keys(v)
+
+
+def _check_sizes(d: dict) -> None:
+    """Every size the shrinker reads is a non-negative integer (or null)."""
+    keys = (*TINY, *EXPERT_COUNT_KEYS, *TOP_K_KEYS, "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "num_global_key_value_heads", "first_k_dense_replace", "n_group", "topk_group")
+    for k in keys:
+        v = d.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"{k}={v!r} is not a non-negative integer")
+
+
 def shrink(raw: dict, *, layers: int = 2, num_experts: int | str | None = None,
-           top_k: int | None = None, widths: str = "tiny") -> dict:
-    """A tiny copy of the (text) config dict ``raw`` (``widths="real"``: real widths, see above)."""
+           top_k: int | None = None, widths: str = "tiny", defaults: dict | None = None,
+           aliases: dict | None = None) -> dict:
+    """A tiny copy of the (text) config dict ``raw`` (``widths="real"``: real widths, see above).
+
+    ``defaults``: the config class's default values, for the width keys ``raw`` leaves out;
+    ``aliases``: the class's ``attribute_map`` (usual name -> its name), so its own names shrink too.
+    Raises ValueError for a size that is not a non-negative integer.
+    """
     if widths not in WIDTHS:
         raise ValueError(f"widths must be one of {WIDTHS}, got {widths!r}")
     if widths == "real":
@@ -95,10 +135,25 @@ def shrink(raw: dict, *, layers: int = 2, num_experts: int | str | None = None,
     d = text_part(raw)
     for k in DROP_KEYS:
         d.pop(k, None)
+    _strip_hub_keys(d)
+    aliases, defaults = aliases or {}, defaults or {}
+    nested = [(v, defaults.get(k)) for k, v in d.items() if isinstance(v, dict)]  # dbrx: ffn_config
+    for sub, sub_defaults, names in ((d, defaults, aliases), *((v, dv, {}) for v, dv in nested)):
+        for k in FILL_FROM_DEFAULTS if isinstance(sub_defaults, dict) else ():
+            name = names.get(k, k)
+            if name not in sub and sub_defaults.get(name) is not None:
+                sub[name] = sub_defaults[name]
+    # the class's own names for the usual keys (dbrx: d_model, n_layers; gpt2: n_embd): shrunk as those
+    renamed = {k: a for k, a in aliases.items() if k in ALIASED and a in d and k not in d}
+    for k, a in renamed.items():
+        d[k] = d.pop(a)
+    _check_sizes(d)
     rope = d.get("rope_scaling") or d.get("rope_parameters") or {}
-    for k, v in (RUNTIME if widths == "runtime" else TINY).items():
-        if d.get(k) is not None:
-            d[k] = v
+    table = RUNTIME if widths == "runtime" else TINY
+    for sub in (d, *(v for v in d.values() if isinstance(v, dict))):  # and one level down (dbrx: ffn_config)
+        for k, v in table.items():
+            if sub.get(k) is not None:
+                sub[k] = v
     if isinstance(rope, dict) and "original_max_position_embeddings" in rope:
         d["max_position_embeddings"] = raw_max(raw)  # YaRN checks it against its original length
     if d.get("hidden_size_per_layer_input"):
@@ -117,6 +172,8 @@ def shrink(raw: dict, *, layers: int = 2, num_experts: int | str | None = None,
     _shrink_experts(d, num_experts, top_k)
     _shrink_depth(d, layers)
     _clip_token_ids(d, d.get("vocab_size", TINY["vocab_size"]))
+    for k, a in renamed.items():
+        d[a] = d.pop(k)
     return d
 
 
@@ -124,6 +181,8 @@ def _shrink_real_widths(raw: dict, *, layers: int, num_experts, top_k) -> dict:
     d = text_part(raw)
     for k in DROP_KEYS:
         d.pop(k, None)
+    _strip_hub_keys(d)
+    _check_sizes(d)
     for k in ("vocab_size", "vocab_size_per_layer_input"):
         if d.get(k) is not None:
             d[k] = min(d[k], REAL_WIDTHS_VOCAB)
@@ -177,6 +236,8 @@ def _shrink_depth(d: dict, layers: int) -> None:
         d["first_k_dense_replace"] = 1  # keep one dense layer before the MoE layers
         layers = max(layers, 2)
     d["num_hidden_layers"] = layers
+    if isinstance(d.get("num_layers"), int):  # LongCat-Flash: decoder layers of two sublayers each
+        d["num_layers"] = min(d["num_layers"], layers)
     if isinstance(d.get("layer_types"), list) and d["layer_types"]:
         d["layer_types"] = d["layer_types"][-layers:]  # keeps the pattern's last (full) layer
     if isinstance(d.get("mlp_only_layers"), list):

@@ -35,9 +35,12 @@ def load_config_dict(source: str | Path) -> tuple[str, dict]:
     path = config_path(source)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ForkError(f"{path}: not valid JSON: {e}") from e
-    if not isinstance(raw, dict) or "model_type" not in raw:
-        raise ForkError(f"{path}: a Hugging Face config.json needs a 'model_type'")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ForkError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("model_type"), str):
+        raise ForkError(f"{path}: a Hugging Face config.json is an object with a string 'model_type'")
+    text = raw.get("text_config")
+    if text and not (isinstance(text, dict) and isinstance(text.get("model_type"), str)):
+        raise ForkError(f"{path}: 'text_config' must be an object with a string 'model_type'")
     name = path.stem if path.parent == CONFIG_DIR else str(path.parent)
     return name, raw
