@@ -67,7 +67,6 @@ def export_dense(arch: str, cfg: str, out: Path, seed: int = 0) -> dict:
     from modelopt.torch.export import export_hf_checkpoint
 
     from ..twin.build import calib_ids
-
     from .axes import quant_config
 
     model = build_dense(arch, seed)
