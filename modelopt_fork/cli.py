@@ -44,12 +44,17 @@ def cmd_check(args) -> int:
         return 2
     patches = _resolve_patches(args.root, args.red_green) if args.red_green else None
     problems = check(args.root, collect_tests=not args.no_tests, log=_log)
+    if args.lint:
+        from .series.upstream_lint import lint_series
+
+        problems += lint_series(args.root, log=_log)
     for p in problems:
         print(p)
     if problems:
         print(f"check: {len(problems)} problem(s)")
         return 1
-    print("check: series, headers and patches are consistent; every patch applies with no fuzz")
+    print("check: series, headers and patches are consistent; every patch applies with no fuzz"
+          + ("; upstream's lint finds nothing new" if args.lint else ""))
     if args.red_green is not None:
         from .series.redgreen import format_rows, red_green
 
@@ -107,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate series, headers, Test: ids, and that every patch applies")
     p.add_argument("--no-tests", action="store_true", help="skip collecting the Test: ids with pytest")
+    p.add_argument("--lint", action="store_true",
+                   help="also lint every file a patch touches with upstream's ruff settings (new findings and "
+                        "unformatted files only) and require an upstream-style test (a tests/ file) per patch")
     p.add_argument("--red-green", nargs="*", metavar="PATCH", default=None,
                    help="also prove each patch (or the PATCHes named): its Test: ids fail without it, pass with it")
     p.add_argument("--green-from", type=Path, default=None, metavar="JUNIT.xml",
