@@ -129,8 +129,6 @@ def compare_checkpoints(reference: str | Path, other: str | Path) -> CheckpointD
     )
     for name in sorted(names_a & names_b):
         d = compare_tensors(name, ra.load(name), rb.load(name))
-        ra._cache.pop(name, None)
-        rb._cache.pop(name, None)
         if d is not None:
             out.differing.append(d)
     qa, qb = ra.hf_quant_config, rb.hf_quant_config

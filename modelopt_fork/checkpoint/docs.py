@@ -20,7 +20,11 @@ Generated from `modelopt_fork/checkpoint/rules.py` by
 `modelopt-fork validate CHECKPOINT_DIR` checks an exported checkpoint against these rules and
 prints one line per violation: tensor (or `file.json:key`), rule id, what it found and what
 the runtimes expect. Exit code 0 when clean, 1 on any violation, 2 when the directory cannot
-be read as a checkpoint.
+be read as a checkpoint (unreadable or over-deep JSON, a shard safetensors refuses, an index value
+that is not a plain file name, a file outside the directory by `..`, an absolute name or a
+symlink, a file that is not a regular file such as a FIFO): one line on stderr, no traceback.
+Each shard is opened once and tensors are read only when a rule needs their values, then
+dropped (docs/reliability.md, `## validate`: time and memory on a Qwen3-30B-A3B-size checkpoint).
 
 Each rule names the runtimes it is about. By default a checkpoint must load in both vLLM and
 TensorRT-LLM (`--runtime all`); `--runtime tensorrt-llm` accepts TensorRT-LLM's NVFP4_AWQ form

@@ -17,7 +17,7 @@ from functools import cached_property
 
 import torch
 
-from .load import Checkpoint
+from .load import Checkpoint, LoadError
 
 QUANT_PARAMS = ("weight_scale", "weight_scale_2", "input_scale", "pre_quant_scale")
 SCALARS = ("weight_scale_2", "input_scale")
@@ -29,6 +29,7 @@ FUSED_GROUPS = (QKV_GROUP, *GATE_UP_GROUPS)
 # config.json keys holding the number of routed experts, in the order runtimes look.
 EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 _EXPERT = re.compile(r"^(?P<container>.+\.experts)\.(?P<idx>\d+)\.(?P<proj>.+)$")
+MAX_EXPERT_DIGITS = 9  # a billion experts; longer indices are not a model (and int() refuses 4300+ digits)
 NVFP4_ALGOS = ("NVFP4", "NVFP4_AWQ", "W4A16_NVFP4")
 
 
@@ -68,10 +69,15 @@ def split_name(tensor: str) -> tuple[str, str]:
 class Layout:
     def __init__(self, ckpt: Checkpoint):
         self.ckpt = ckpt
+        self._vote_cache: dict[tuple, Counter] = {}
+        self.scalars: dict[str, torch.Tensor | None] = {}  # per-tensor scalars read (rules._scalar)
         self.modules: dict[str, Module] = {}
         for name in ckpt.tensors:
             module, param = split_name(name)
             self.modules.setdefault(module, Module(module)).params[param] = name
+        for module in self.modules:
+            if (m := _EXPERT.match(module)) and len(m["idx"]) > MAX_EXPERT_DIGITS:
+                raise LoadError(f"{ckpt.path}: tensor {module[:80]}...: an expert index of {len(m['idx'])} digits")
 
     # -- quantization config -----------------------------------------------------------------
     @cached_property
@@ -107,11 +113,9 @@ class Layout:
 
     def declared_entry(self, module: str) -> str | None:
         """The quantized_layers key covering ``module`` (itself or an ancestor), MIXED_PRECISION only."""
-        best = None
-        for key in self.quantized_layers:
-            if (module == key or module.startswith(key + ".")) and (best is None or len(key) > len(best)):
-                best = key
-        return best
+        parts = module.split(".")
+        return next((key for i in range(len(parts), 0, -1) if (key := ".".join(parts[:i])) in self.quantized_layers),
+                    None)
 
     def declared_algo(self, module: str) -> str | None:
         if not self.mixed:
@@ -163,7 +167,10 @@ class Layout:
         for key in EXPERT_COUNT_KEYS:
             if isinstance(cfg.get(key), int) and cfg[key] > 0:
                 return cfg[key]
-        return 1 + max(i for proj in self.experts[container].values() for i in proj)
+        return 1 + self.max_expert(container)
+
+    def max_expert(self, container: str) -> int:
+        return max(i for proj in self.experts[container].values() for i in proj)
 
     def expert_peers(self, m: Module) -> list[Module]:
         e = self.expert(m.name)
@@ -181,11 +188,12 @@ class Layout:
                     groups.append(FusedGroup(parent, members, "qkv" if names == QKV_GROUP else "gate_up"))
         return groups
 
+    @cached_property
+    def _group_index(self) -> dict[str, FusedGroup]:
+        return {member: g for g in reversed(self.fused_groups) for member in g.members}
+
     def group_of(self, module: str) -> FusedGroup | None:
-        for g in self.fused_groups:
-            if module in g.members:
-                return g
-        return None
+        return self._group_index.get(module)
 
     # -- shape references ------------------------------------------------------------------------
     def reference_dims(self, m: Module) -> tuple[int, int] | None:
@@ -193,21 +201,17 @@ class Layout:
         projection, in also from its fused siblings and its pre_quant_scale. A strict majority of
         at least three votes overrides the module's own weight; otherwise its weight decides."""
         own = self.packed_dims(m)
-        out_votes = [d[0] for p in self.expert_peers(m) if (d := self.packed_dims(p))]
-        in_peers = set(p.name for p in self.expert_peers(m))
         g = self.group_of(m.name)
-        if g:
-            for member in g.members:
-                in_peers.update(p.name for p in self.expert_peers(self.modules[member]))
-        in_votes = [d[1] for n in in_peers if (d := self.packed_dims(self.modules[n]))]
+        out_votes = self._votes((m.name,), 0)
+        in_votes = self._votes(g.members if g else (m.name,), 1)
         pqs = m.params.get("pre_quant_scale")
         if pqs and len(self.info(pqs).shape) == 1:
-            in_votes.append(self.info(pqs).shape[0])
+            in_votes = in_votes + Counter([self.info(pqs).shape[0]])
 
-        def pick(votes: list[int], fallback: int | None) -> int | None:
-            if len(votes) >= 3:
-                value, count = Counter(votes).most_common(1)[0]
-                if count * 2 > len(votes):
+        def pick(votes: Counter, fallback: int | None) -> int | None:
+            if votes.total() >= 3:
+                value, count = votes.most_common(1)[0]
+                if count * 2 > votes.total():
                     return value
             return fallback
 
@@ -215,22 +219,36 @@ class Layout:
         inn = pick(in_votes, own[1] if own else None)
         return (out, inn) if out is not None and inn is not None else None
 
+    def _votes(self, members: tuple[str, ...], dim: int) -> Counter:
+        """Dim ``dim`` of the packed weights of ``members`` and all their expert peers, counted
+        (cached per peer set, so a layer of E experts costs E, not E squared)."""
+        key = tuple(sorted({self._peer_key(n) for n in members}))
+        if (key, dim) not in self._vote_cache:
+            names = {p.name for n in members for p in self.expert_peers(self.modules[n])}
+            self._vote_cache[key, dim] = Counter(d[dim] for n in names if (d := self.packed_dims(self.modules[n])))
+        return self._vote_cache[key, dim]
+
+    def _peer_key(self, module: str) -> tuple[str, str]:
+        e = self.expert(module)
+        return (e.container, e.proj) if e else (module, "")
+
     # -- routers -------------------------------------------------------------------------------
     @cached_property
     def routers(self) -> list[Module]:
         found = []
-        for container in self.experts:
-            parent = container[: -len(".experts")]
-            n = self.num_experts(container)
-            for m in self.modules.values():
-                if not m.name.startswith(parent + ".") or m.name.startswith(container + "."):
-                    continue
-                rel = m.name[len(parent) + 1:].split(".")
-                w = m.params.get("weight")
-                if w is None or len(self.info(w).shape) != 2 or self.info(w).shape[0] != n:
+        for m in self.modules.values():
+            w = m.params.get("weight")
+            if w is None or len(self.info(w).shape) != 2:
+                continue
+            parts = m.name.split(".")
+            for i in range(len(parts) - 1, 0, -1):  # each ancestor that holds an experts container
+                container, rel = ".".join(parts[:i]) + ".experts", parts[i:]
+                if container not in self.experts or rel[0] == "experts" or self.info(w).shape[0] != self.num_experts(
+                        container):
                     continue
                 if any("gate" in part and not part.endswith("_proj") or "router" in part for part in rel):
                     found.append(m)
+                    break
         return sorted(found, key=lambda m: m.name)
 
     @cached_property

@@ -19,6 +19,7 @@ import torch
 
 from .layout import GATE_UP_GROUPS as GATE_UP
 from .layout import NVFP4_ALGOS, SCALARS, Layout, Module
+from .load import INDEX
 
 Finding = tuple[str, str, str]
 
@@ -27,6 +28,8 @@ VLLM_PARAMETER = "vllm: vllm/model_executor/parameter.py (PerTensorScaleParamete
 VLLM_MOE_LOADER = "vllm: vllm/model_executor/layers/fused_moe/layer.py (weight_loader, _load_per_tensor_weight_scale)"
 VLLM_MOE_ORACLE = "vllm: vllm/model_executor/layers/fused_moe/oracle/nvfp4.py (convert_to_nvfp4_moe_kernel_format)"
 VLLM_QUANT_CONFIG = "vllm: vllm/model_executor/model_loader/weight_utils.py (get_quant_config)"
+VLLM_INDEX = ("vllm: vllm/model_executor/model_loader/weight_utils.py (filter_duplicate_safetensors_files, "
+              "safetensors_weights_iterator)")
 VLLM_ROUTERS = "vllm: vllm/model_executor/models/qwen2_moe.py, arctic.py (router ReplicatedLinear, quant_config)"
 VLLM_NVFP4_CONFIG = ("vllm: vllm/model_executor/layers/quantization/modelopt.py (0.25.1 line 1049, "
                      "ModelOptNvFp4Config: 'Unsupported ModelOpt NVFP4 quant_algo'; "
@@ -116,22 +119,26 @@ def _weight_name(m: Module) -> str:
 
 
 def _scalar(L: Layout, tensor: str) -> torch.Tensor | None:
-    """A per-tensor scalar's value as 0-d float32, or None if it is not one (another rule says so)."""
-    info = L.info(tensor)
-    if not isinstance(info.dtype, torch.dtype) or not info.dtype.is_floating_point or len(info.shape) > 1:
-        return None
-    t = L.ckpt.load(tensor)
-    return t.float().reshape(()) if t.numel() == 1 else None
+    """A per-tensor scalar's value as 0-d float32, or None if it is not one (another rule says so).
+    Read once and kept (four bytes each, like its header entry); arrays are read per use and dropped."""
+    if tensor not in L.scalars:
+        info = L.info(tensor)
+        ok = isinstance(info.dtype, torch.dtype) and info.dtype.is_floating_point and len(info.shape) <= 1
+        L.scalars[tensor] = L.ckpt.load(tensor).float().reshape(()) if ok and _numel(info.shape) == 1 else None
+    return L.scalars[tensor]
 
 
 def _quantized_with_weight(L: Layout) -> Iterator[Module]:
     return (m for m in L.quantized if "weight" in m.params)
 
 
-def _e4m3_bytes(L: Layout, tensor: str) -> torch.Tensor | None:
+def _e4m3_suspect(L: Layout, tensor: str) -> torch.Tensor | None:
+    """An E4M3 tensor's bytes if any has the sign bit or is NaN (byte 0x7f or above), else None:
+    valid block scales are all below 0x7f (448), which one max over the bytes settles."""
     if L.info(tensor).dtype != torch.float8_e4m3fn:
         return None
-    return L.ckpt.load(tensor).contiguous().view(torch.uint8)
+    b = L.ckpt.load(tensor).contiguous().view(torch.uint8)
+    return b if b.numel() and int(b.numpy().max()) >= 0x7F else None
 
 
 # -- configuration --------------------------------------------------------------------------------
@@ -268,7 +275,39 @@ def _config_json_consistent(L: Layout) -> Iterator[Finding]:
         yield f"{base}.kv_cache_scheme", repr(scheme)[:60], "{type: float, num_bits: 8} (kv_cache_quant_algo FP8)"
 
 
+@rule("index-matches-shards",
+      "vLLM picks the shards from the index's weight_map (filter_duplicate_safetensors_files) and then reads "
+      "every tensor they hold, while transformers' loader looks each name up in the map: a name the map places "
+      "in a shard that does not hold it is never loaded (its parameter stays uninitialised), and a shard tensor "
+      "the map leaves out is loaded by one and not the other.",
+      VLLM_INDEX)
+def _index_matches_shards(L: Layout) -> Iterator[Finding]:
+    weight_map = L.ckpt.weight_map
+    if weight_map is None:
+        return
+    for name, file in sorted(weight_map.items()):
+        info = L.ckpt.tensors.get(name)
+        if info is None:
+            yield f"{INDEX}:weight_map.{name}", f"{file!r}, which holds no such tensor", "a tensor of that shard"
+        elif info.file != file:
+            yield name, f"in {info.file}", f"in {file} (the index's weight_map)"
+    for name in sorted(set(L.ckpt.tensors) - set(weight_map)):
+        yield name, "not in the index's weight_map", "listed with its shard"
+
+
 # -- which modules are quantized ------------------------------------------------------------------
+
+@rule("quantized-modules-present",
+      "vLLM and TensorRT-LLM give every linear the configuration does not exclude an NVFP4 method (packed uint8 "
+      "[out, in/2] weight and its scales); a checkpoint labelled NVFP4 without a single quantized module (an "
+      "empty shard, only lm_head, every weight left unquantized) cannot fill them and is no NVFP4 export.",
+      VLLM_MODELOPT, TRT_LINEAR)
+def _quantized_modules_present(L: Layout) -> Iterator[Finding]:
+    if not L.quantized:
+        yield (_qkey(L, "quant_algo"), f"{L.algo or 'no quant_algo'}, but none of the {len(L.ckpt.tensors)} "
+               "tensor(s) belongs to a quantized module", "at least one quantized module (uint8 weight and scales)")
+
+
 
 @rule("excluded-module-quantized",
       "vLLM gives a module matched by exclude_modules an UnquantizedLinearMethod (is_layer_excluded), whose "
@@ -304,9 +343,10 @@ def _quantized_module_undeclared(L: Layout) -> Iterator[Finding]:
 def _declared_layer_unquantized(L: Layout) -> Iterator[Finding]:
     if not L.mixed:
         return
-    names = [m.name for m in L.quantized]
+    covered = {".".join(parts[:i]) for m in L.quantized for parts in [m.name.split(".")]
+               for i in range(1, len(parts) + 1)}  # the quantized modules and their ancestors
     for key in L.quantized_layers:
-        if not any(n == key or n.startswith(key + ".") for n in names):
+        if key not in covered:
             yield (_qkey(L, f"quantized_layers.{key}"), "no quantized tensors under it",
                    "entries only for quantized modules")
 
@@ -397,7 +437,7 @@ def _weight_scale_shape(L: Layout) -> Iterator[Finding]:
       VLLM_MODELOPT, TRT_LINEAR)
 def _weight_scale_finite(L: Layout) -> Iterator[Finding]:
     for m in L.quantized:
-        if (s := m.params.get("weight_scale")) is None or (b := _e4m3_bytes(L, s)) is None:
+        if (s := m.params.get("weight_scale")) is None or (b := _e4m3_suspect(L, s)) is None:
             continue
         nan = (b & 0x7F) == 0x7F
         if bool(nan.any()):
@@ -411,7 +451,7 @@ def _weight_scale_finite(L: Layout) -> Iterator[Finding]:
       VLLM_MODELOPT, TRT_LINEAR)
 def _weight_scale_sign(L: Layout) -> Iterator[Finding]:
     for m in L.quantized:
-        if (s := m.params.get("weight_scale")) is None or (b := _e4m3_bytes(L, s)) is None:
+        if (s := m.params.get("weight_scale")) is None or (b := _e4m3_suspect(L, s)) is None:
             continue
         neg = ((b & 0x80) != 0) & ((b & 0x7F) != 0) & ((b & 0x7F) != 0x7F)
         if bool(neg.any()):
@@ -492,7 +532,8 @@ def _scalar_value(L: Layout) -> Iterator[Finding]:
             info = L.info(t) if t else None
             if info is None or not isinstance(info.dtype, torch.dtype) or not info.dtype.is_floating_point:
                 continue
-            v = L.ckpt.load(t).float()
+            v = _scalar(L, t)
+            v = L.ckpt.load(t).float() if v is None else v  # a vector: scalar-shape, and its values here
             if v.numel() and not bool((torch.isfinite(v) & (v > 0)).all()):
                 yield t, _values(v), "finite and > 0"
 
@@ -562,9 +603,15 @@ def _experts_complete(L: Layout) -> Iterator[Finding]:
     for container, projs in sorted(L.experts.items()):
         n = L.num_experts(container)
         for proj, members in sorted(projs.items()):
-            for i in range(n):
-                if i not in members:
-                    yield f"{container}.{i}.{proj}", "missing", f"present ({n} experts in config.json)"
+            # missing experts as runs between the present ones: as many findings as experts present,
+            # however many config.json claims
+            present = sorted(i for i in members if i < n)
+            for lo, hi in zip([-1, *present], [*present, n], strict=True):
+                if hi - lo == 2:
+                    yield f"{container}.{lo + 1}.{proj}", "missing", f"present ({n} experts in config.json)"
+                elif hi - lo > 2:
+                    yield (f"{container}.{lo + 1}-{hi - 1}.{proj}", f"missing ({hi - lo - 1} experts)",
+                           f"present ({n} experts in config.json)")
             for i in sorted(members):
                 if i >= n:
                     yield _weight_name(members[i]), f"expert index {i}", f"< {n} (config.json)"

@@ -27,17 +27,18 @@ def validate_checkpoint(path: str | Path, runtimes=None) -> list[Violation]:
     keeps AWQ pre_quant_scale tensors that vLLM refuses).
 
     Raises :class:`~modelopt_fork.checkpoint.load.LoadError` when the directory cannot be read
-    as a checkpoint at all (missing, no safetensors, unreadable JSON or shard).
+    as a checkpoint at all (missing, no safetensors, unreadable JSON or shard, a file outside the
+    directory or not a regular file).
     """
     from .layout import Layout
     from .load import load_checkpoint
     from .rules import RUNTIMES, rules_for
 
-    ckpt = load_checkpoint(path)
-    layout = Layout(ckpt)
     found: set[Violation] = set()
-    for rule in rules_for(RUNTIMES if runtimes is None else tuple(runtimes)):
-        for tensor, what, expected in rule.check(layout):
-            info = ckpt.tensors.get(tensor)
-            found.add(Violation(tensor, rule.id, what, expected, info.file if info else None))
+    with load_checkpoint(path) as ckpt:  # one descriptor per shard; rules read tensors and drop them
+        layout = Layout(ckpt)
+        for rule in rules_for(RUNTIMES if runtimes is None else tuple(runtimes)):
+            for tensor, what, expected in rule.check(layout):
+                info = ckpt.tensors.get(tensor)
+                found.add(Violation(tensor, rule.id, what, expected, info.file if info else None))
     return sorted(found)

@@ -9,7 +9,8 @@ from pathlib import Path
 def register(sub) -> None:
     p = sub.add_parser("validate", help="check an exported NVFP4 checkpoint against the runtimes' contract",
                        description="One line per violation (tensor, rule, found vs expected), then a summary. "
-                                   "Exit 0 when clean, 1 on any violation, 2 when the directory cannot be read. "
+                                   "Exit 0 when clean, 1 on any violation, 2 when the directory cannot be read "
+                                   "(malformed JSON or shard, a path outside it, not a regular file: one line). "
                                    "The rules and their reasons: docs/checkpoint-rules.md.")
     p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_DIR",
                    help="directory written by export_hf_checkpoint")

@@ -668,6 +668,22 @@ def _(d, T):
     return {("input-scale-normal", f"{m}.input_scale")}
 
 
+@corruption("quantized-modules-present")
+def _(d, T):
+    quantized = {m.name for m in T.L.quantized}
+    drop_tensors(d, lambda k: k.rpartition(".")[0] in quantized)
+    return {("quantized-modules-present", "hf_quant_config.json:quantization.quant_algo")}
+
+
+@corruption("index-matches-shards")
+def _(d, T):
+    weight_map = {n: info.file for n, info in T.L.ckpt.tensors.items()}
+    ghost = next(iter(weight_map)) + "_ghost"
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {**weight_map, ghost: weight_map[
+        next(iter(weight_map))]}}))
+    return {("index-matches-shards", f"model.safetensors.index.json:weight_map.{ghost}")}
+
+
 @corruption("expert-input-scale-shared")
 def _(d, T):
     down = T.expert(1, "down")
