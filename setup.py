@@ -38,6 +38,8 @@ FORK_EXTRAS = {
         # independent NVFP4 cross-check (tests/checkpoint/test_compressed_tensors.py); 0.20 needs
         # python >= 3.11 and brings only pydantic, loguru, psutil besides torch/transformers
         "compressed-tensors>=0.20,<0.21; python_version >= '3.11'",
+        # `check --lint` (upstream's ruff settings; tests/series/test_upstream_lint.py)
+        "ruff==0.17.6",
     ],
 }
 
