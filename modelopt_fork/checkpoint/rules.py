@@ -597,7 +597,8 @@ def _fused_scales_shared(L: Layout) -> Iterator[Finding]:
       "vLLM's FusedMoE allocates all E experts with torch.empty and loads them one by one (a missing expert "
       "stays uninitialised, a partly quantized layer cannot load with one method) and TensorRT-LLM indexes "
       "every '<i>.w1/w2/w3' key (KeyError); every expert 0..E-1 (E from config.json) needs every projection, "
-      "all quantized alike.",
+      "all quantized alike (a run of missing experts is one finding, '<first>-<last>', so a huge E in "
+      "config.json costs no more than the experts present).",
       VLLM_MOE_LOADER, VLLM_MODELOPT, TRT_MOE)
 def _experts_complete(L: Layout) -> Iterator[Finding]:
     for container, projs in sorted(L.experts.items()):
