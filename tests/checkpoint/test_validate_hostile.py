@@ -126,12 +126,12 @@ def test_synthetic_base_is_clean(tmp_path, capsys):
 
 # -- scale: one open per shard, nothing kept, expert counts bounded ----------------------------------
 
-def test_each_shard_is_opened_once(tmp_path, monkeypatch):
+def _count_opens(monkeypatch) -> dict[str, int]:
+    """File name -> how often safetensors, ``os.open`` or ``open`` opened it (from now on)."""
     import builtins
 
     import safetensors
 
-    d = write(tmp_path / "ckpt", shards=3)
     opens: dict[str, int] = {}
 
     def counting(fn):
@@ -143,6 +143,12 @@ def test_each_shard_is_opened_once(tmp_path, monkeypatch):
     monkeypatch.setattr(safetensors, "safe_open", counting(safetensors.safe_open))
     monkeypatch.setattr(os, "open", counting(os.open))
     monkeypatch.setattr(builtins, "open", counting(builtins.open))
+    return opens
+
+
+def test_each_shard_is_opened_once(tmp_path, monkeypatch):
+    d = write(tmp_path / "ckpt", shards=3)
+    opens = _count_opens(monkeypatch)
     assert validate_checkpoint(d) == []
     shards = {f: n for f, n in opens.items() if f.endswith(".safetensors")}
     assert len(shards) == 3
@@ -170,15 +176,16 @@ def test_read_arrays_are_dropped(tmp_path, monkeypatch):
     assert 0 < peak[0] <= 2, peak[0]  # before: every block scale read stayed cached (28 here)
 
 
-def test_30k_extra_tensors_cost_no_rereads(tmp_path):
-    """A big header is parsed once, not once per tensor read (before: ~70 ms a read at 37k tensors)."""
+def test_30k_extra_tensors_cost_no_rereads(tmp_path, monkeypatch):
+    """A big header is parsed once, not once per tensor read (before: a re-open and a re-parse of
+    the 30k-entry header for each of ~280 reads, ~70 ms each)."""
     t = tensors()
     t.update({f"model.extra.{i}.weight": torch.zeros(1, dtype=torch.bfloat16) for i in range(30_000)})
     d = write(tmp_path / "ckpt", t)
-    start = time.monotonic()
-    with deadline(30):
+    opens = _count_opens(monkeypatch)
+    with deadline(60):  # a guard against a hang, not a timing (about 1 s here)
         assert validate_checkpoint(d) == []
-    assert time.monotonic() - start < 5  # ~1 s here; before: ~70 ms for each of ~280 reads
+    assert 0 < opens["model.safetensors"] <= 2, opens
 
 
 def test_a_billion_experts_in_config_is_one_finding_per_gap(tmp_path):
@@ -283,13 +290,14 @@ def test_a_fifo_is_malformed_and_does_not_hang(tmp_path, capsys, file):
     (d / file).unlink(missing_ok=True)
     os.mkfifo(d / file)
 
-    # a reader stuck in open() gets EOF after 3 s, so a regression fails instead of hanging (from another
-    # process: the stuck open may hold the GIL)
-    writer = subprocess.Popen(["sh", "-c", f"sleep 3; : > '{d / file}'"])
+    # a reader stuck in open() gets EOF after 30 s, so a regression fails instead of hanging (from
+    # another process: the stuck open may hold the GIL); the refusal itself takes milliseconds, and
+    # 20 s tells it from a stuck open on a loaded machine
+    writer = subprocess.Popen(["sh", "-c", f"sleep 30; : > '{d / file}'"])
     start = time.monotonic()
     try:
         assert_malformed(capsys, d, file, "not a regular file")
-        assert time.monotonic() - start < 2
+        assert time.monotonic() - start < 20
     finally:
         writer.kill()
         writer.wait()
