@@ -51,3 +51,15 @@ def module(name: str, n: int = 30, *, changed: dict[int, str] | None = None, pre
     for i in range(n):
         lines += ["", f"def f_{i}():", (changed or {}).get(i, f"    return {i}")]
     return "\n".join(lines) + "\n"
+
+
+def fork_of(tmp_path: Path, monkeypatch, members: dict[str, str], version: str = "0.47.0") -> Path:
+    """An empty fork project in ``tmp_path / "fork"`` pinned to a synthetic wheel of ``members``."""
+    root = tmp_path / "fork"
+    (root / "patches").mkdir(parents=True)
+    wheel = build_wheel(tmp_path / f"wheels-{version}", version, members)
+    (root / "UPSTREAM.toml").write_text(pin_toml(version, wheel))
+    (root / "patches" / "series").write_text("# tiny series\n")
+    monkeypatch.setenv("MODELOPT_FORK_WHEEL", str(wheel))
+    monkeypatch.delenv("MODELOPT_FORK_ROOT", raising=False)
+    return root

@@ -18,7 +18,7 @@ from modelopt_fork.series.pin import load_pin
 from modelopt_fork.series.refresh import refresh
 from modelopt_fork.series.status import status_lines
 
-from .fakewheel import build_wheel, module, pin_toml
+from .fakewheel import fork_of, module
 from .helpers import add_patch_by_edit, quiet
 
 BASE = {
@@ -45,13 +45,7 @@ def _edit(tag: str):
 def tiny(tmp_path, monkeypatch):
     """(root, {tag: patch text}): a fork of a tiny upstream whose one patch touches every top dir,
     in two versions v1 and v2; the tree is materialized at v2."""
-    root = tmp_path / "fork"
-    (root / "patches").mkdir(parents=True)
-    wheel = build_wheel(tmp_path / "wheels", "0.47.0", BASE)
-    (root / "UPSTREAM.toml").write_text(pin_toml("0.47.0", wheel))
-    (root / "patches" / "series").write_text("# tiny series\n")
-    monkeypatch.setenv("MODELOPT_FORK_WHEEL", str(wheel))
-    monkeypatch.delenv("MODELOPT_FORK_ROOT", raising=False)
+    root = fork_of(tmp_path, monkeypatch, BASE)
     v1 = add_patch_by_edit(root, "0001-x.patch", _edit("v1")).read_text()
     _edit("v2")(root)
     refresh(root, log=quiet)

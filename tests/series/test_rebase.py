@@ -16,7 +16,7 @@ from modelopt_fork.series.pin import load_pin
 from modelopt_fork.series.rebase import APPLIES, CONFLICT, MOVED, UPSTREAM, format_report, rebase
 from modelopt_fork.series.seriesfile import load_series
 
-from .fakewheel import build_wheel, module, pin_toml, sha256
+from .fakewheel import build_wheel, fork_of, module, sha256
 from .helpers import add_patch_by_edit, quiet
 
 BASE = {
@@ -53,13 +53,7 @@ def _edit_b(root):
 @pytest.fixture
 def tiny_fork(tmp_path, monkeypatch):
     """A fork of a tiny synthetic nvidia-modelopt 0.47.0 with three patches (a, b + its test, c)."""
-    root = tmp_path / "fork"
-    (root / "patches").mkdir(parents=True)
-    wheel = build_wheel(tmp_path / "wheels-0.47.0", "0.47.0", BASE)
-    (root / "UPSTREAM.toml").write_text(pin_toml("0.47.0", wheel))
-    (root / "patches" / "series").write_text("# tiny series\n")
-    monkeypatch.setenv("MODELOPT_FORK_WHEEL", str(wheel))
-    monkeypatch.delenv("MODELOPT_FORK_ROOT", raising=False)
+    root = fork_of(tmp_path, monkeypatch, BASE)
     add_patch_by_edit(root, "0001-a.patch", _replace("modelopt/a.py", "    return 5\n", "    return 50\n"))
     add_patch_by_edit(root, "0002-b.patch", _edit_b)
     add_patch_by_edit(root, "0003-c.patch", _replace("modelopt/c.py", "    return 15\n", "    return 150\n"))
