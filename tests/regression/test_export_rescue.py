@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,20 +179,56 @@ def test_offloaded_awq_rescue_resumes_on_resident_model(arch, device, tmp_path, 
     _assert_identical_checkpoints(tmp_path / "direct", out)
 
 
-@needs_notes
 @pytest.mark.parametrize("device", DEVICES)
-def test_failing_rescue_keeps_the_export_error(device, tmp_path, monkeypatch):
-    """The rescue itself fails (disk full): the export error still comes out unchanged, with a
-    note saying the calibration could not be saved."""
+def test_no_rescue_anywhere_stops_export_before_the_model_changes(device, tmp_path, monkeypatch):
+    """The rescue can be written nowhere (disk full): export refuses before it changes the model
+    in place, so the calibration is not lost (before: export went on, changed the model, then
+    failed; most quantizer tensors were gone)."""
     import modelopt.torch.export.calibration_rescue as calibration_rescue
+    from modelopt.torch.export import export_hf_checkpoint
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     model = _calibrate(build(ARCHS[0], seed=11, device=device), "NVFP4_DEFAULT_CFG", device)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     monkeypatch.setattr(calibration_rescue.torch, "save", disk_full)
-    with pytest.warns(UserWarning, match="Could not save the calibration rescue file"):
-        err = _failing_export(model, tmp_path, monkeypatch)
-    assert type(err) is InjectedExportError and str(err) == MESSAGE
-    assert "could not be saved (OSError: [Errno 28] No space left on device)" in "\n".join(err.__notes__)
+    with pytest.raises(RuntimeError, match="export stops before changing the model"):
+        export_hf_checkpoint(model, export_dir=tmp_path)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@needs_notes
+@pytest.mark.parametrize("device", DEVICES)
+def test_read_only_export_dir_rescues_to_a_temporary_directory(device, tmp_path, monkeypatch):
+    """The export directory takes no rescue file (read-only or full): it goes to a new temporary
+    directory, the warning and the export error's note say where, and it resumes."""
+    import modelopt.torch.export.calibration_rescue as calibration_rescue
+    from modelopt.torch.export import resume_from_rescue
+
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    mkstemp = calibration_rescue.tempfile.mkstemp
+
+    def read_only(*args, **kwargs):  # root ignores file modes: refuse creating files in `out`
+        if str(kwargs.get("dir")) == str(out):
+            raise OSError(30, "Read-only file system")
+        return mkstemp(*args, **kwargs)
+
+    model = _calibrate(build(ARCHS[0], seed=11, device=device), "NVFP4_DEFAULT_CFG", device)
+    reference = copy.deepcopy(model)  # the failed export changes `model` in place
+    monkeypatch.setattr(calibration_rescue.tempfile, "mkstemp", read_only)
+    with pytest.warns(UserWarning, match="saved it to .*modelopt-rescue-"):
+        err = _failing_export(model, out, monkeypatch)
+    assert type(err) is InjectedExportError and str(err) == MESSAGE
+    note = "\n".join(err.__notes__)
+    rescue = next(Path(w) for w in note.split("'") if w.endswith(RESCUE))
+    assert rescue.is_file() and rescue.parent.name.startswith("modelopt-rescue-") and rescue.parent != out
+    monkeypatch.undo()
+    direct = tmp_path / "direct"
+    _export(reference, direct)
+    resumed = tmp_path / "resumed"
+    _export(resume_from_rescue(build(ARCHS[0], seed=11, device=device), rescue), resumed)
+    _assert_identical_checkpoints(direct, resumed)
