@@ -69,9 +69,25 @@ def _class_defaults(config_class) -> dict:
         return {}
 
 
+# Most experts a twin may have: real MoEs have up to a few hundred (DeepSeek-V3 256, Qwen3.5 512).
+# Checked before the meta build below, which with per-expert modules (transformers 4.57) creates
+# Python objects per expert even on the meta device (a million experts: over 10 GB).
+MAX_EXPERTS = 2048
+
+
 def _check_budget(name: str, cfg, budget: int, width_limit: int) -> None:
     """Build the twin on the meta device (no memory, no init) and count its parameters."""
     import transformers
+
+    from .shrink import EXPERT_COUNT_KEYS
+
+    subs = [("", cfg)] + [(f"{k}.", getattr(cfg, k, None)) for k in (getattr(cfg, "sub_configs", None) or {})]
+    for prefix, sub in subs:
+        for key in EXPERT_COUNT_KEYS:
+            n = getattr(sub, key, None) if sub is not None else None
+            if isinstance(n, int) and n > MAX_EXPERTS:
+                raise ForkError(f"{name}: its twin would have {prefix}{key}={n} experts, over the budget of "
+                                f"{MAX_EXPERTS} experts a twin may have (give --experts N)")
 
     try:
         with torch.device("meta"):

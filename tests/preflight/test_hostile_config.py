@@ -95,13 +95,15 @@ def test_hub_fetching_attributes_are_stripped(tmp_path):
     assert "evil" not in text and "auto_map" not in text
     _, cfg = twin_config(_write(tmp_path, "hub", HOSTILE["olmoe-hub-attrs"]))
     assert "evil" not in json.dumps(cfg.to_dict(), default=str)
-    assert "evil" not in str(cfg._attn_implementation) and "evil" not in str(cfg._experts_implementation)
+    # _experts_implementation exists from transformers 5 on
+    assert "evil" not in str(cfg._attn_implementation)
+    assert "evil" not in str(getattr(cfg, "_experts_implementation", None))
 
 
 def test_good_bundled_twins_fit_the_budget_with_margin():
-    from modelopt_fork.twin.source import BUNDLED
+    from modelopt_fork.matrix.axes import archs
 
-    for name in BUNDLED:
+    for name in archs():  # the bundled twins this transformers has (Gemma-4 needs >= 5)
         for experts in (None, "real"):
             assert _params(twin_config(name, num_experts=experts)[1]) * 4 < BUDGET, (name, experts)
 
