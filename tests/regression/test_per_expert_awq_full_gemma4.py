@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(not TRANSFORMERS_5, reason="Gemma-4 exists only 
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("scenario", ["dark-experts", "per-channel-amax",
+# per-channel-amax and tiny-amax (about 40 s each on 2 cores) in the slow run (the CI budget)
+@pytest.mark.parametrize("scenario", ["dark-experts", pytest.param("per-channel-amax", marks=pytest.mark.slow),
                                       pytest.param("tiny-amax", marks=pytest.mark.slow)])
 def test_gemma4_per_expert_linears_awq_full(scenario, device, tmp_path):
     r = run_cell("gemma4-26b-a4b", "NVFP4_AWQ_FULL_CFG", scenario, device=device, out_dir=tmp_path, seed=3,

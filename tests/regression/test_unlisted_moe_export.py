@@ -23,7 +23,8 @@ from modelopt_fork.matrix.cell import run_cell
 
 @pytest.mark.skipif(TRANSFORMERS_5, reason="per-expert nn.Linear experts exist only in transformers < 5")
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("cfg", ["NVFP4_DEFAULT_CFG", "NVFP4_AWQ_LITE_CFG"])
+# AWQ-lite (about 40 s on 2 cores) in the slow run (the CI budget)
+@pytest.mark.parametrize("cfg", ["NVFP4_DEFAULT_CFG", pytest.param("NVFP4_AWQ_LITE_CFG", marks=pytest.mark.slow)])
 def test_unlisted_per_expert_moe_exports(cfg, device, tmp_path):
     r = run_cell(str(write_model_dir(tmp_path, "olmoe")), cfg, "full", device=device, out_dir=tmp_path, seed=2)
     assert r.ok, f"{r.stage}: {r.error}\n{r.detail}"
