@@ -90,7 +90,8 @@ def compare_dirs(a: Path, b: Path) -> list[str]:
     names_a, names_b = ({p.name for p in Path(d).iterdir()} for d in (a, b))
     out = [f"only in {d.name}: {sorted(n)}" for d, n in ((a, names_a - names_b), (b, names_b - names_a)) if n]
     for name in sorted(names_a & names_b):
-        if name.endswith(".json") and name != "model.safetensors.index.json":
+        # hf_quant_config.json is compared by compare_checkpoints below, the index is its layout
+        if name.endswith(".json") and name not in ("model.safetensors.index.json", "hf_quant_config.json"):
             ja, jb = (json.loads((d / name).read_text()) for d in (a, b))
             if ja != jb:
                 keys = sorted(k for k in set(ja) | set(jb) if ja.get(k) != jb.get(k)) if isinstance(ja, dict) else []

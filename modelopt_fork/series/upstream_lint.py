@@ -33,11 +33,12 @@ def patch_files(diff_text: str) -> list[str]:
 
 
 def _ruff(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    if shutil.which("ruff") is None and subprocess.run([sys.executable, "-m", "ruff", "--version"],
-                                                       capture_output=True).returncode != 0:
-        raise ForkError("check --lint needs ruff: pip install ruff (or tox -e upstream-lint)")
-    cmd = ["ruff"] if shutil.which("ruff") else [sys.executable, "-m", "ruff"]
-    return subprocess.run([*cmd, *args, "--config", str(RUFF_CONFIG)], cwd=cwd, capture_output=True, text=True)
+    cmd = [shutil.which("ruff")] if shutil.which("ruff") else [sys.executable, "-m", "ruff"]
+    try:
+        return subprocess.run([*cmd, *args, "--config", str(RUFF_CONFIG)], cwd=cwd, capture_output=True,
+                              text=True, check=False)
+    except FileNotFoundError as e:
+        raise ForkError("check --lint needs ruff: pip install ruff (or tox -e upstream-lint)") from e
 
 
 def findings(tree: Path, files: list[str]) -> Counter:
@@ -78,11 +79,8 @@ def lint_series(root: Path, log=print) -> list[str]:
     py = sorted(f for f in touched if f.endswith(".py"))
     with tempfile.TemporaryDirectory(prefix="upstream-lint-") as tmp:
         fork = build_tree(root, list(series.names), Path(tmp) / "fork", log)
-        base = Path(tmp) / "pristine"
-        for top in pin.packages:
-            shutil.copytree(pristine / top, base / top)
-        new = findings(fork, py) - findings(base, py)
-        fresh_unformatted = unformatted(fork, py) - unformatted(base, py)
+        new = findings(fork, py) - findings(pristine, py)
+        fresh_unformatted = unformatted(fork, py) - unformatted(pristine, py)
     for (f, code), n in sorted(new.items()):
         problems.append(f"{', '.join(touched[f])}: {f}: {n} new {code} finding(s) (upstream ruff)")
     for f in sorted(fresh_unformatted):
