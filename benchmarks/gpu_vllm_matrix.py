@@ -147,8 +147,12 @@ def main() -> int:
     ap.add_argument("--vllm-jobs", type=int, default=6)
     ap.add_argument("--mo-site", default=os.environ.get("MO_SITE", "/tmp/mo-site"))
     ap.add_argument("--vllm-site", default=os.environ.get("VLLM_SITE", "/tmp/site"))
+    ap.add_argument("--regrade", action="store_true",
+                    help="grade the cells of an earlier run in --out again (its .npy files; no GPU) and rewrite its tables")
     a = ap.parse_args()
     out = a.out.resolve()
+    if a.regrade:
+        return regrade(out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -191,8 +195,6 @@ def main() -> int:
             row["auto"] = loaded.get((ck, "auto"), {})
             row["grade"] = grade(d, cell[5])
         rows.append(row)
-    ok = [r for r in rows if r.get("emulation", {}).get("loaded") and r.get("auto", {}).get("loaded")
-          and (r["grade"].get("agrees") or not r["grade"].get("gated"))]
     env = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
            "python": platform.python_version(), "seconds": {"export": round(t1 - t0), "vllm": round(t2 - t1)}}
     try:
@@ -202,11 +204,33 @@ def main() -> int:
         env["torch"] = torch.__version__
     except ImportError:
         pass
-    md = table(rows, env, len(ok))
+    return write_tables(out, rows, env)
+
+
+def _passes(r) -> bool:
+    return bool(r.get("emulation", {}).get("loaded") and r.get("auto", {}).get("loaded")
+                and (r["grade"].get("agrees") or not r["grade"].get("gated")))
+
+
+def write_tables(out: Path, rows: list, env: dict) -> int:
+    n_ok = sum(_passes(r) for r in rows)
+    md = table(rows, env, n_ok)
     (out / "vllm_matrix.md").write_text(md)
     (out / "vllm_matrix.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1, default=str))
     print(md)
-    return 0 if len(ok) == len(rows) else 1
+    return 0 if n_ok == len(rows) else 1
+
+
+def regrade(out: Path) -> int:
+    """Grade an earlier run's cells again (``vllm_stage.grade`` on ``out/cells/<cell>``) and rewrite its tables."""
+    from modelopt_fork.matrix.vllm_stage import grade
+
+    data = json.loads((out / "vllm_matrix.json").read_text())
+    for row in data["rows"]:
+        if row["export"].get("exported"):
+            row["grade"] = grade(out / "cells" / row["cell"], row["dtype"])
+    data["env"]["regraded"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return write_tables(out, data["rows"], data["env"])
 
 
 def _f(x, nd=3):
@@ -234,6 +258,7 @@ def table(rows, env, n_ok) -> str:
             _f(vf.get("mean")), _f(vf.get("max")), _f(vf.get("argmax"), 2), _f(g.get("noise", {}).get("mean")),
             _f(g.get("bound")),
             {True: "yes", False: "NO"}.get(g.get("agrees"), "") + ("" if g.get("gated", True) else " (bf16, recorded)")
+            + (f" ({g['tie_positions']} tie)" if g.get("tie_positions") else "")
             + (" floor NOT clean" if g.get("floor_clean") is False else ""),
             _f(vr.get("mean")),
             "ok" if e.get("reference") == "ok" else str(e.get("reference", ""))[:60],

@@ -46,11 +46,21 @@ PROMPT_LEN = 16
 #   which it fails. The cell's own floor (the fake-quantized model on the device vs its CPU copy)
 #   is reported, and must be under the same bound (``floor_clean``): a loose floor is a finding
 #   (it was, until patch 0021: CUDA and CPU global scales differed by an ulp).
+#   Round 5 (after 0021): 74 of 75 cells <= 2.0e-7; in one, a single prompt position of 16 differs
+#   by 4.2e-5 (mean 2.6e-6 over the cell), and at that position vLLM equals the CPU copy of the
+#   fake-quantized model (<= 2e-7): a rounding tie that CUDA and CPU resolve differently (the CPU
+#   copy differs from the CUDA model at 6 such positions in 5 cells). So a float32 cell agrees when
+#   every position matches the fake-quantized model on the device *or* its CPU copy within the
+#   bound (``per_position``; ``tie_positions`` counts the ones only the CPU copy explains). The
+#   largest per-position mean against the nearer of the two was 4.8e-7 in round 5. Ties stay rare:
+#   the cell's mean against the device model must also be under TIE_MEAN_BOUND (1e-5: four tied
+#   positions like that one, twice the most the CPU floor showed in one cell; 1/5000 of 0.057).
 # * bfloat16 cells: a random twin is chaotic under FP4 in bf16 (a bf16 ulp flips E2M1 roundings
 #   downstream; two correct bf16 evaluations differ by 0.02-0.4), so no bound can separate a
 #   wrong export from bf16 noise there. They are graded against BOUND_FACTOR x their own floor
 #   for the record, and gate on loading only.
 FLOAT32_BOUND = 2e-6
+TIE_MEAN_BOUND = 1e-5
 BOUND_FACTOR = 2.0
 FLOOR_MIN = 1e-6
 
@@ -74,6 +84,13 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict:
     return {"max": float(d.max()), "mean": float(d.sum() / max(both.sum(), 1)),
             "argmax": float((a.argmax(-1) == b.argmax(-1)).mean()), "kl": float(kl.mean()),
             "nonfinite": int((~np.isfinite(a)).sum())}
+
+
+def position_means(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean |a - b| over the vocabulary at each prompt position (non-finite entries count as inf)."""
+    n, v = min(len(a), len(b)), min(a.shape[1], b.shape[1])
+    d = np.abs(a[:n, :v].astype(np.float64) - b[:n, :v].astype(np.float64))
+    return np.where(np.isfinite(d), d, np.inf).mean(-1)
 
 
 def agreement_bound(noise: dict, dtype: str = "float32") -> float:
@@ -161,7 +178,13 @@ def grade(cell_dir: Path, dtype: str = "float32") -> dict:
             g["floor_clean"] = g["noise"]["mean"] <= FLOAT32_BOUND
     if emul is not None:
         g["vllm_vs_fake"] = compare(emul, fake)
-        if "bound" in g:
+        if "bound" in g and dtype == "float32":
+            near_fake, near_cpu = position_means(emul, fake), position_means(emul, fake_cpu)
+            g["per_position"] = float(np.minimum(near_fake, near_cpu).max())
+            g["tie_positions"] = int(((near_fake > FLOAT32_BOUND) & (near_cpu <= FLOAT32_BOUND)).sum())
+            g["agrees"] = (g["per_position"] <= FLOAT32_BOUND and g["vllm_vs_fake"]["mean"] <= TIE_MEAN_BOUND
+                           and g["vllm_vs_fake"]["nonfinite"] == 0)
+        elif "bound" in g:
             g["agrees"] = g["vllm_vs_fake"]["mean"] <= g["bound"] and g["vllm_vs_fake"]["nonfinite"] == 0
         if ref is not None:
             g["vllm_vs_reference"] = compare(emul, ref)

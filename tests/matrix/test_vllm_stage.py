@@ -16,6 +16,7 @@ from modelopt_fork.matrix.vllm_stage import (
     BOUND_FACTOR,
     FLOAT32_BOUND,
     FLOOR_MIN,
+    TIE_MEAN_BOUND,
     agreement_bound,
     compare,
     export_cell,
@@ -98,3 +99,29 @@ def test_export_cell_on_cpu(cfg, tmp_path):
     # re-rounding this stage found moved the mean by 1e-2)
     assert g["reference_vs_fake"]["mean"] < 1e-5, g["reference_vs_fake"]
     assert g["fake_vs_original"]["mean"] > 1e-3  # quantization did something
+
+
+def test_float32_agreement_is_per_position_against_either_device(tmp_path):
+    # Round 5 (docs/vllm-stage.md): at one prompt position vLLM equals the CPU copy of the
+    # fake-quantized model, not the CUDA model (a rounding tie the devices resolve differently).
+    fake = _logprobs(3, (16, 64))
+    cpu = fake.copy()
+    cpu[5] += np.float32(4.2e-5)  # the CPU copy takes the other side of a tie at position 5
+    (tmp_path / "ckpt").mkdir()
+    np.save(tmp_path / "fake.npy", fake)
+    np.save(tmp_path / "fake_cpu.npy", cpu)
+    np.save(tmp_path / "original.npy", _logprobs(4, (16, 64)))
+    vllm = fake.copy()
+    vllm[5] = cpu[5]
+    np.save(tmp_path / "ckpt" / "vllm_emulation.npy", vllm)
+    g = grade(tmp_path)
+    assert g["vllm_vs_fake"]["mean"] > FLOAT32_BOUND  # the whole-cell mean alone would fail it
+    assert g["agrees"] and g["tie_positions"] == 1 and g["per_position"] == 0.0
+    assert TIE_MEAN_BOUND < 0.057 / 1000
+    vllm[5] += np.float32(4.2e-5)  # now neither device explains position 5
+    np.save(tmp_path / "ckpt" / "vllm_emulation.npy", vllm)
+    g = grade(tmp_path)
+    assert not g["agrees"] and g["tie_positions"] == 0 and g["per_position"] > FLOAT32_BOUND
+    vllm = fake + np.float32(0.057)  # issue 14's gap, at every position
+    np.save(tmp_path / "ckpt" / "vllm_emulation.npy", vllm)
+    assert not grade(tmp_path)["agrees"]
