@@ -6,8 +6,10 @@ the wheel's packages, then P applied (context must match exactly; hunks may
 move by whole lines, which the commit's regenerated diff absorbs). If P only
 applies on top of earlier patches of the series, those are committed first and
 the PR description says so. New files get upstream's Apache-2.0 SPDX header if
-they lack it, the commit message is the DEP-3 Description, the author is the
-header's Author and the sign-off (DCO) is the configured git identity. The mbox
+they lack it, the commit message is the DEP-3 Description, and the author and
+the sign-off (DCO) are both the configured git identity, the person sending it
+(a header Author who is someone else is credited with a Co-authored-by trailer;
+a placeholder identity is reported in the notes). The mbox
 is `git format-patch` output, checked with `git am` onto the same base before it
 is written. Tests: the upstream-style test files P carries (tests/unit/...) run
 in that repository without the fix (red) and with it (green), and P's own fork
@@ -62,6 +64,16 @@ class Staged:
     runs: list[TestRun] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     ran_tests: bool = False
+
+
+# Domains reserved for documentation and tests (RFC 2606, RFC 6761), and GitHub's no-reply addresses.
+_PLACEHOLDER_DOMAIN = re.compile(r"(^|\.)(example|invalid|test|localhost)$|^example\.(com|net|org)$|users\.noreply\.")
+
+
+def is_placeholder(email: str) -> bool:
+    """Whether ``email`` cannot be a real person's address (a reserved or no-reply domain)."""
+    local, at, domain = email.lower().rpartition("@")
+    return not (local and at and domain) or bool(_PLACEHOLDER_DOMAIN.search(domain))
 
 
 def commit_message(patch: PatchFile) -> str:
@@ -211,11 +223,15 @@ def _stage_commit(root: Path, pin: Pin, series: Series, patches: dict[str, Patch
     base_rev = head(repo)
     year = int(_date(patch)[:4])
     st.notes += _add_spdx_headers(repo, base_rev, upstream_spdx_header(pristine, pin, year))
-    author = parseaddr(patch.get("Author"))
-    if not all(author):
-        author = identity
-    fix_rev = commit_all(repo, commit_message(patch), author=author, committer=identity, date=_date(patch),
-                         signoff=True)
+    message = commit_message(patch)
+    author = parseaddr(patch.get("Author") or "")
+    if all(author) and author[1].lower() != identity[1].lower() and not is_placeholder(author[1]):
+        message += f"\nCo-authored-by: {author[0]} <{author[1]}>\n"
+    for who, email in (("the patch's Author:", author[1]), ("the git identity that signs off", identity[1])):
+        if email and is_placeholder(email):
+            st.notes.append(f"{who} {email} is a placeholder address: a DCO check needs a real identity "
+                            "(git config user.name / user.email) before this is sent")
+    fix_rev = commit_all(repo, message, author=identity, committer=identity, date=_date(patch), signoff=True)
     st.mbox = out / f"{name.removesuffix('.patch')}.mbox"
     st.mbox.write_text(format_patch(repo, fix_rev), encoding="utf-8")
     _verify_mbox(repo, base_rev, st.mbox, tree_of(repo, fix_rev))

@@ -85,14 +85,16 @@ def test_staged_mbox_applies_to_pristine_with_git_am_and_its_test_passes(name, r
     assert st.mbox.is_file() and st.markdown.is_file() and st.depends_on == []
     patch = parse_patch(name, (repo_root / "patches" / name).read_text(encoding="utf-8"))
 
-    # the mail: From = the header's Author, Subject = its summary, DCO sign-off = the configured identity
+    # the mail: From = DCO sign-off = the configured identity (the sender), Subject = the header's summary
     (msg,) = list(mailbox.mbox(st.mbox))
     subject = str(make_header(decode_header(msg["Subject"])))
     summary = str(patch.fields["Description"]).splitlines()[0].strip()
     assert " ".join(subject.split()) == f"[PATCH] {summary}"
-    assert " ".join(msg["From"].split()) == patch.get("Author")
+    assert " ".join(msg["From"].split()) == f"{git_user[0]} <{git_user[1]}>" != patch.get("Author")
     body = msg.get_payload()
     assert f"Signed-off-by: {git_user[0]} <{git_user[1]}>" in body
+    assert "Co-authored-by" not in body  # the series' Author: is a placeholder address: no credit line
+    assert any("placeholder" in n for n in st.notes)
     assert "upstream_tests/" not in body
 
     repo = _pristine_repo(repo_root, tmp_path / "repo")
@@ -168,7 +170,8 @@ def test_stage_runs_tests_writes_description_and_skips_not_needed(fork_project, 
     staged, skipped, wrong = stage(fork_project, None, tmp_path / "out", log=quiet)
     assert skipped.skipped.startswith("Forwarded: not-needed") and skipped.mbox is None
     assert not (tmp_path / "out" / "0002-local.mbox").exists()
-    assert staged.notes == ["tests/unit/test_marker.py: added upstream's Apache-2.0 SPDX header"]
+    assert [n for n in staged.notes if "placeholder" not in n] == [
+        "tests/unit/test_marker.py: added upstream's Apache-2.0 SPDX header"]
     mbox = staged.mbox.read_text()
     assert "+# SPDX-License-Identifier: Apache-2.0" in mbox and "b/tests/unit/test_marker.py" in mbox
 
@@ -205,3 +208,14 @@ def test_stage_requires_a_git_identity(fork_project, monkeypatch, tmp_path):
     with pytest.raises(ForkError, match=r"git config user\.email is not set .*git config --global user\.email"):
         stage(fork_project, None, tmp_path / "out", run_tests=False, log=quiet)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("email, placeholder", [
+    ("maintainers@users.noreply.b-seed-4e0f4bad.example", True), ("t@example.invalid", True),
+    ("a@example.com", True), ("a@x.test", True), ("1+me@users.noreply.github.com", True), ("nobody", True),
+    ("jane@nvidia.com", False), ("dev@example-corp.de", False), ("a@examples.org", False),
+])
+def test_placeholder_addresses(email, placeholder):
+    from modelopt_fork.series.stage import is_placeholder
+
+    assert is_placeholder(email) is placeholder
