@@ -7,11 +7,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import ForkError
+from .errors import ForkError, SeriesError
 from .header import header_problems, parse_patch
 from .materialize import build_tree
 from .pin import load_pin
 from .seriesfile import load_series, series_problems
+from .stage import stage_groups
 
 
 def missing_test_ids(root: Path, ids: list[str]) -> list[str]:
@@ -52,6 +53,11 @@ def check(root: Path, *, collect_tests: bool = True, log=print) -> list[str]:
         p = parse_patch(name, series.path(name).read_text(encoding="utf-8"))
         problems += header_problems(p, pin.requirement)
         patches.append(p)
+    if len(patches) == len(series.names):
+        try:  # Stage-With: names later patches, each in one group
+            stage_groups(series, {p.name: p for p in patches})
+        except SeriesError as e:
+            problems.append(str(e))
     if collect_tests:  # one pytest collection for every patch's ids (each start imports torch)
         missing = {m.split(" ", 1)[0]: m for m in missing_test_ids(root, list(dict.fromkeys(
             t for p in patches for t in p.tests)))}

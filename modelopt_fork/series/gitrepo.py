@@ -81,9 +81,9 @@ def tree_of(repo: Path, rev: str) -> str:
     return git(repo, "rev-parse", f"{rev}^{{tree}}").strip()
 
 
-def format_patch(repo: Path, rev: str = "HEAD") -> str:
-    """``git format-patch`` of the single commit ``rev`` as mbox text, stable across runs and git versions."""
-    return git(repo, "format-patch", "-1", rev, "--stdout", "--zero-commit", "--no-signature", "--no-renames")
+def format_patch(repo: Path, rev: str = "HEAD", count: int = 1) -> str:
+    """``git format-patch`` of the ``count`` commits ending at ``rev`` as mbox text, stable across runs and git versions."""
+    return git(repo, "format-patch", f"-{count}", rev, "--stdout", "--zero-commit", "--no-signature", "--no-renames")
 
 
 def am(repo: Path, mbox: Path, committer: tuple[str, str] | None = None) -> str:

@@ -11,7 +11,9 @@ the sign-off (DCO) are both the configured git identity, the person sending it
 (a header Author who is someone else is credited with a Co-authored-by trailer;
 a placeholder identity is reported in the notes). The mbox
 is `git format-patch` output, checked with `git am` onto the same base before it
-is written. Tests: the upstream-style test files P carries (tests/unit/...) run
+is written. A header field `Stage-With: LATER.patch ...` makes one pull request of
+P and those later patches: one mbox with a commit per patch, one description;
+staging any member stages the group. Tests: the upstream-style test files P carries (tests/unit/...) run
 in that repository without the fix (red) and with it (green), and P's own fork
 Test: ids run against the full series; their counts go into the description.
 """
@@ -113,6 +115,20 @@ def _candidate_bases(series: Series, patches: dict[str, PatchFile], name: str) -
     return out
 
 
+def stage_groups(series: Series, patches: dict[str, PatchFile]) -> dict[str, list[str]]:
+    """Each patch's pull request: the patches staged with it (``Stage-With:``), its own name first."""
+    groups = {n: [n] for n in series.names}
+    for n in series.names:
+        for other in (patches[n].get("Stage-With") or "").split():
+            if other not in groups or series.index(other) <= series.index(n):
+                raise SeriesError(f"patches/{n}: Stage-With names {other!r}, which is not a later patch of the series")
+            if groups[other] != [other]:
+                raise SeriesError(f"patches/{n}: Stage-With names {other!r}, already staged with {groups[other][0]}")
+            groups[n].append(other)
+            groups[other] = groups[n]
+    return groups
+
+
 def _build_commit(repo: Path, pristine_commit: str, series: Series, patches: dict[str, PatchFile], name: str,
                   identity: tuple[str, str]) -> list[str]:
     """Apply ``name`` (and the fewest earlier patches it needs) to ``repo``; the prerequisites used."""
@@ -210,9 +226,24 @@ class _Job:
     fix_rev: str
 
 
-def _stage_commit(root: Path, pin: Pin, series: Series, patches: dict[str, PatchFile], name: str, pristine: Path,
-                  identity: tuple[str, str], repo: Path, out: Path) -> _Job:
-    """Build the commit for ``name`` in the new dir ``repo``, write and verify its mbox."""
+def _commit_patch(repo: Path, patch: PatchFile, identity: tuple[str, str], st: Staged) -> str:
+    """Commit the applied ``patch`` as the sender (author and sign-off); the commit's id."""
+    message = commit_message(patch)
+    author = parseaddr(patch.get("Author") or "")
+    if all(author) and author[1].lower() != identity[1].lower() and not is_placeholder(author[1]):
+        message += f"\nCo-authored-by: {author[0]} <{author[1]}>\n"
+    for who, email in (("the patch's Author:", author[1]), ("the git identity that signs off", identity[1])):
+        note = (f"{who} {email} is a placeholder address: a DCO check needs a real identity "
+                "(git config user.name / user.email) before this is sent")
+        if email and is_placeholder(email) and note not in st.notes:
+            st.notes.append(note)
+    return commit_all(repo, message, author=identity, committer=identity, date=_date(patch), signoff=True)
+
+
+def _stage_commit(root: Path, pin: Pin, series: Series, patches: dict[str, PatchFile], group: list[str],
+                  pristine: Path, identity: tuple[str, str], repo: Path, out: Path) -> _Job:
+    """Build the commits of ``group`` (a pull request) in the new dir ``repo``, write and verify its mbox."""
+    name = group[0]
     patch = patches[name]
     st = Staged(name)
     repo.mkdir()
@@ -223,22 +254,22 @@ def _stage_commit(root: Path, pin: Pin, series: Series, patches: dict[str, Patch
     base_rev = head(repo)
     year = int(_date(patch)[:4])
     st.notes += _add_spdx_headers(repo, base_rev, upstream_spdx_header(pristine, pin, year))
-    message = commit_message(patch)
-    author = parseaddr(patch.get("Author") or "")
-    if all(author) and author[1].lower() != identity[1].lower() and not is_placeholder(author[1]):
-        message += f"\nCo-authored-by: {author[0]} <{author[1]}>\n"
-    for who, email in (("the patch's Author:", author[1]), ("the git identity that signs off", identity[1])):
-        if email and is_placeholder(email):
-            st.notes.append(f"{who} {email} is a placeholder address: a DCO check needs a real identity "
-                            "(git config user.name / user.email) before this is sent")
-    fix_rev = commit_all(repo, message, author=identity, committer=identity, date=_date(patch), signoff=True)
+    fix_rev = _commit_patch(repo, patch, identity, st)
+    for member in group[1:]:
+        try:
+            apply_patch(member, series.path(member).read_text(encoding="utf-8"), repo, exact=False)
+        except PatchApplyError as e:
+            raise SeriesError(f"cannot stage {member} with {name} (Stage-With): {e.detail}") from e
+        fix_rev = _commit_patch(repo, patches[member], identity, st)
+    if group[1:]:
+        st.notes.append(f"one pull request of {len(group)} commits: {', '.join(group)} (Stage-With)")
     st.mbox = out / f"{name.removesuffix('.patch')}.mbox"
-    st.mbox.write_text(format_patch(repo, fix_rev), encoding="utf-8")
+    st.mbox.write_text(format_patch(repo, fix_rev, count=len(group)), encoding="utf-8")
     _verify_mbox(repo, base_rev, st.mbox, tree_of(repo, fix_rev))
     st.upstream_tests = git(repo, "diff", "--name-only", base_rev, fix_rev, "--", "tests").split()
     if not st.upstream_tests:
         st.notes.append("carries no upstream-style test (tests/unit/...): add one before sending")
-    for tid in patch.tests:
+    for tid in [t for member in group for t in patches[member].tests]:
         mapped = "tests/" + tid.split("::", 1)[0].removeprefix(UPSTREAM_TESTS_DIR + "/")
         if tid.startswith(UPSTREAM_TESTS_DIR + "/") and mapped not in st.upstream_tests:
             st.notes.append(f"Test: id {tid} is not a file this patch adds as {mapped}")
@@ -272,7 +303,14 @@ def stage(root: Path, names: list[str] | None, out: Path, *, run_tests: bool = T
     patches = {n: parse_patch(n, series.path(n).read_text(encoding="utf-8")) for n in series.names}
     results = {n: Staged(n, skipped=f"Forwarded: {NOT_NEEDED} (fork-only change)")
                for n in names if patches[n].get("Forwarded") == NOT_NEEDED}
-    todo = [n for n in names if n not in results]
+    groups = stage_groups(series, patches)
+    todo = []
+    for n in names:
+        head_name = groups[n][0]
+        if head_name != n and n not in results:
+            results[n] = Staged(n, skipped=f"staged with {head_name} (Stage-With: one pull request)")
+        if head_name not in todo and patches[head_name].get("Forwarded") != NOT_NEEDED:
+            todo.append(head_name)
     if not todo:
         return [results[n] for n in names]
     identity = git_identity(root)
@@ -280,7 +318,7 @@ def stage(root: Path, names: list[str] | None, out: Path, *, run_tests: bool = T
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="stage-") as tmp:
         tmp = Path(tmp)
-        jobs = [_stage_commit(root, pin, series, patches, n, pristine, identity, tmp / f"repo-{i}", out)
+        jobs = [_stage_commit(root, pin, series, patches, groups[n], pristine, identity, tmp / f"repo-{i}", out)
                 for i, n in enumerate(todo)]
         if run_tests:
             fork_tree = None
@@ -300,4 +338,4 @@ def stage(root: Path, names: list[str] | None, out: Path, *, run_tests: bool = T
             st.markdown.write_text(pr_description(job.patch, st, pin, numstat, env_line), encoding="utf-8")
             results[st.name] = st
             log(f"staged {st.name} -> {st.mbox.name}, {st.markdown.name}")
-    return [results[n] for n in names]
+    return [results[n] for n in dict.fromkeys([*names, *todo])]

@@ -197,6 +197,39 @@ def test_stage_runs_tests_writes_description_and_skips_not_needed(fork_project, 
     assert "> note: its upstream-style test does not pass" in wrong_md
 
 
+def _set(root: Path, name: str, field: str, value: str) -> None:
+    path = root / "patches" / name
+    header, diff = path.read_text().split("diff --git", 1)
+    path.write_text(set_field(header, field, value) + "diff --git" + diff)
+
+
+def test_stage_with_makes_one_pull_request(fork_project, git_user, tmp_path):
+    def new_file(root: Path) -> None:
+        (root / "modelopt" / "c.py").write_text("C = 3\n")
+
+    for name, edit in (("0001-a.patch", append_line(str(INIT), "A = 1")), ("0002-b.patch", append_line(str(INIT), "B = 2")),
+                       ("0003-c.patch", new_file)):
+        add_patch_by_edit(fork_project, name, edit)
+        _forwarded(fork_project, name, "no")
+    _set(fork_project, "0001-a.patch", "Stage-With", "0003-c.patch")
+    _set(fork_project, "0003-c.patch", "Author", "Jane Dev <jane@nvidia.com>")  # a real person: credited
+    results = stage(fork_project, ["0003-c.patch"], tmp_path / "out", run_tests=False, log=quiet)
+    member, group = results
+    assert member.name == "0003-c.patch" and member.skipped.startswith("staged with 0001-a.patch")
+    assert group.name == "0001-a.patch" and member.mbox is None
+    msgs = list(mailbox.mbox(group.mbox))
+    assert [str(make_header(decode_header(m["Subject"]))).split("]")[0] for m in msgs] == ["[PATCH 1/2", "[PATCH 2/2"]
+    assert {" ".join(m["From"].split()) for m in msgs} == {f"{git_user[0]} <{git_user[1]}>"}
+    assert "Co-authored-by: Jane Dev <jane@nvidia.com>" in msgs[1].get_payload()
+    assert "Co-authored-by" not in msgs[0].get_payload()
+    diff = group.mbox.read_text()
+    assert "+A = 1" in diff and "+C = 3" in diff and "+B = 2" not in diff  # 0002 is not part of it
+
+    _set(fork_project, "0003-c.patch", "Stage-With", "0001-a.patch")  # only later patches can join
+    with pytest.raises(ForkError, match="0003-c.patch: Stage-With names '0001-a.patch', which is not a later"):
+        stage(fork_project, ["0003-c.patch"], tmp_path / "out2", run_tests=False, log=quiet)
+
+
 def test_stage_requires_a_git_identity(fork_project, monkeypatch, tmp_path):
     add_patch_by_edit(fork_project, "0001-a.patch", append_line(str(INIT), "A = 1"))
     _forwarded(fork_project, "0001-a.patch", "no")
