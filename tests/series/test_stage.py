@@ -83,26 +83,31 @@ def test_staged_mbox_applies_to_pristine_with_git_am_and_its_test_passes(name, r
     out = tmp_path / "out"
     (st,) = stage(repo_root, [name], out, run_tests=False, log=quiet)
     assert st.mbox.is_file() and st.markdown.is_file() and st.depends_on == []
-    patch = parse_patch(name, (repo_root / "patches" / name).read_text(encoding="utf-8"))
+    text = (repo_root / "patches" / name).read_text(encoding="utf-8")
+    group = [name, *(parse_patch(name, text).get("Stage-With") or "").split()]  # 0001 goes with 0006
+    patches = [parse_patch(n, (repo_root / "patches" / n).read_text(encoding="utf-8")) for n in group]
 
-    # the mail: From = DCO sign-off = the configured identity (the sender), Subject = the header's summary
-    (msg,) = list(mailbox.mbox(st.mbox))
-    subject = str(make_header(decode_header(msg["Subject"])))
-    summary = str(patch.fields["Description"]).splitlines()[0].strip()
-    assert " ".join(subject.split()) == f"[PATCH] {summary}"
-    assert " ".join(msg["From"].split()) == f"{git_user[0]} <{git_user[1]}>" != patch.get("Author")
-    body = msg.get_payload()
-    assert f"Signed-off-by: {git_user[0]} <{git_user[1]}>" in body
-    assert "Co-authored-by" not in body  # the series' Author: is a placeholder address: no credit line
+    # the mails: From = DCO sign-off = the configured identity (the sender), Subject = each header's summary
+    msgs = list(mailbox.mbox(st.mbox))
+    assert len(msgs) == len(group)
+    summaries = [str(p.fields["Description"]).splitlines()[0].strip() for p in patches]
+    for i, (msg, patch, summary) in enumerate(zip(msgs, patches, summaries)):
+        subject = " ".join(str(make_header(decode_header(msg["Subject"]))).split())
+        assert subject == (f"[PATCH {i + 1}/{len(group)}] {summary}" if len(group) > 1 else f"[PATCH] {summary}")
+        assert " ".join(msg["From"].split()) == f"{git_user[0]} <{git_user[1]}>" != patch.get("Author")
+        body = msg.get_payload()
+        assert f"Signed-off-by: {git_user[0]} <{git_user[1]}>" in body
+        assert "Co-authored-by" not in body  # the series' Author: is a placeholder address: no credit line
+        assert "upstream_tests/" not in body
     assert any("placeholder" in n for n in st.notes)
-    assert "upstream_tests/" not in body
 
     repo = _pristine_repo(repo_root, tmp_path / "repo")
     _git(repo, "am", "-q", str(st.mbox))
-    assert _git(repo, "log", "--format=%s", "-1").strip() == summary
-    added = _git(repo, "diff", "--name-only", "--diff-filter=A", "HEAD~1", "HEAD").split()
+    assert _git(repo, "log", "--format=%s", f"-{len(group)}").strip().split("\n")[::-1] == summaries
+    base = f"HEAD~{len(group)}"
+    added = _git(repo, "diff", "--name-only", "--diff-filter=A", base, "HEAD").split()
     tests = [f for f in added if f.startswith("tests/unit/")]
-    assert tests == st.upstream_tests and len(tests) == 1, added
+    assert tests == st.upstream_tests and len(tests) == len(group), added
 
     # every new file carries upstream's Apache-2.0 SPDX header, in the form upstream's own files use
     pin = load_pin(repo_root)
@@ -117,7 +122,7 @@ def test_staged_mbox_applies_to_pristine_with_git_am_and_its_test_passes(name, r
     green = _pytest_counts(repo, tests, tmp_path / "green.xml")
     assert green["tests"] > 0 and green["failures"] == green["errors"] == green["skipped"] == 0, green
     # and the test is a real one: with the code change reverted it fails
-    code = _git(repo, "diff", "HEAD~1", "HEAD", "--", *pin.packages)
+    code = _git(repo, "diff", base, "HEAD", "--", *pin.packages)
     _git(repo, "apply", "-R", input=code)
     red = _pytest_counts(repo, tests, tmp_path / "red.xml")
     assert red["failures"] + red["errors"] > 0, red
