@@ -22,7 +22,7 @@ materialize(ROOT, log=lambda m: print(f"modelopt-fork: {m}", file=sys.stderr))
 UPSTREAM = read_metadata(ensure_pristine(ROOT, PIN), PIN)
 
 # What modelopt_fork itself needs at run time (the materializer, check, refresh).
-TOOLING_REQUIRES = ["packaging>=23", "unidiff>=0.7", "tomli>=1.1; python_version < '3.11'"]
+TOOLING_REQUIRES = ["packaging>=23", "unidiff>=0.7", "tomli>=1.1; python_version < '3.11'", "tomlkit>=0.12"]
 FORK_EXTRAS = {
     # `modelopt-fork preflight` / `matrix`: tiny twins need transformers (upstream lists it only
     # in the heavy "hf" extra); modelopt 0.47 supports transformers < 5.15.

@@ -22,6 +22,13 @@ _GIT_DIFF = [
 _DIFF_LINE = re.compile(r"^diff --git (\S+) (\S+)$", re.M)
 
 
+def file_sections(diff_text: str) -> list[tuple[str, str]]:
+    """``(path, text)`` of each file's section of a git diff, in order; the texts join back to ``diff_text``."""
+    from unidiff import PatchSet
+
+    return [(pf.path, str(pf)) for pf in PatchSet(diff_text)]
+
+
 def _normalize(text: str) -> str:
     # With --no-index the two sides are the literal paths "a/<p>" and "b/<p>"; an added
     # file shows as "b/<p> b/<p>". Rewrite every header to the canonical "a/<p> b/<p>".

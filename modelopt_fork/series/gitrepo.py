@@ -82,7 +82,7 @@ def tree_of(repo: Path, rev: str) -> str:
 
 
 def format_patch(repo: Path, rev: str = "HEAD", count: int = 1) -> str:
-    """``git format-patch`` of the ``count`` commits ending at ``rev`` as mbox text, stable across runs and git versions."""
+    """``git format-patch`` of the ``count`` commits ending at ``rev``: mbox text, stable across runs and git."""
     return git(repo, "format-patch", f"-{count}", rev, "--stdout", "--zero-commit", "--no-signature", "--no-renames")
 
 

@@ -93,23 +93,17 @@ def find_root(start: Path | None = None) -> Path:
 
 def write_pin(root: Path, *, version: str, wheel: str, sha256: str) -> Pin:
     """Point UPSTREAM.toml's [upstream] at another release; comments and every other line are kept."""
-    import re
+    import tomlkit
 
     path = Path(root) / PIN_FILE
-    text = path.read_text(encoding="utf-8")
-    values = {"version": version, "wheel": wheel, "sha256": sha256}
-    m = re.search(r"^\[upstream\][ \t]*\n(.*?)(?=^\[|\Z)", text, re.M | re.S)
-    if m is None:
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    table = doc.get("upstream")
+    if not isinstance(table, dict):
         raise PinError(f"{path}: no [upstream] table")
-    table = m.group(1)
+    values = {"version": version, "wheel": wheel, "sha256": sha256}
     for key, value in values.items():
-        table, n = re.subn(rf'^({key}[ \t]*=[ \t]*)"[^"\n]*"', lambda mm, v=value: f'{mm.group(1)}"{v}"', table,
-                           count=1, flags=re.M)
-        if n != 1:
+        if not isinstance(table.get(key), str):
             raise PinError(f'{path}: [upstream] has no line {key} = "..." to update')
-    new = text[: m.start(1)] + table + text[m.end(1) :]
-    up = tomllib.loads(new)["upstream"]
-    if any(up[k] != v for k, v in values.items()):  # pragma: no cover - the regexes above guarantee it
-        raise PinError(f"{path}: updating the pin did not produce {values}")
-    path.write_text(new, encoding="utf-8")
+        table[key] = value
+    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
     return load_pin(root)

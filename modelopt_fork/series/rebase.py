@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 from .apply import Mismatch, apply_patch, context_mismatches
-from .diff import diff_trees
+from .diff import diff_trees, file_sections
 from .errors import DirtyTreeError, PatchApplyError, PinError
 from .header import set_field, split_patch
 from .materialize import patch_tops, tree_state
@@ -44,7 +43,6 @@ from .wheel import cache_dir, pip_download, sha256_file, unpack
 
 APPLIED_UPSTREAM_DIR = "applied-upstream"
 APPLIES, MOVED, UPSTREAM, CONFLICT = "applies", "applies, moved", "already upstream", "conflict"
-_FILE_SECTION = re.compile(r"^diff --git a/(\S+) b/\S+$", re.M)
 
 
 @dataclass
@@ -76,11 +74,9 @@ class RebaseReport:
 
 def split_by_top(diff_text: str) -> dict[str, str]:
     """The file sections of a diff, joined per top-level directory of their path."""
-    starts = [m.start() for m in _FILE_SECTION.finditer(diff_text)]
     out: dict[str, str] = {}
-    for a, b in zip(starts, [*starts[1:], len(diff_text)], strict=True):
-        section = diff_text[a:b]
-        top = _FILE_SECTION.match(section).group(1).split("/", 1)[0]
+    for path, section in file_sections(diff_text):
+        top = path.split("/", 1)[0]
         out[top] = out.get(top, "") + section
     return out
 

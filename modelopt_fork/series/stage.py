@@ -31,6 +31,7 @@ from email.utils import parseaddr
 from pathlib import Path
 
 from .apply import apply_patch
+from .diff import file_sections
 from .errors import PatchApplyError, SeriesError
 from .gitrepo import GitError, am, commit_all, format_patch, git, git_identity, head, init_repo, tree_of
 from .header import PatchFile, parse_patch
@@ -45,7 +46,6 @@ NOT_NEEDED = "not-needed"
 SPDX_MARK = "SPDX-License-Identifier"
 # File types whose comments start with '#', the form of upstream's header.
 HASH_COMMENT_SUFFIXES = (".py", ".sh", ".yaml", ".yml", ".toml", ".cfg")
-_DIFF_FILE = re.compile(r"^diff --git a/(\S+) b/\S+$", re.M)
 
 
 @dataclass
@@ -100,7 +100,7 @@ def upstream_spdx_header(pristine: Path, pin: Pin, year: int) -> str:
 
 
 def _patch_files(patch: PatchFile) -> list[str]:
-    return _DIFF_FILE.findall(patch.diff_text)
+    return [path for path, _ in file_sections(patch.diff_text)]
 
 
 def _candidate_bases(series: Series, patches: dict[str, PatchFile], name: str) -> list[list[str]]:

@@ -11,8 +11,6 @@ expert fold to every unlisted gated MLP).
 
 from __future__ import annotations
 
-import pytest
-
 from modelopt_fork.matrix.dense import DECLARED, compare_dirs, run_gate
 
 CELLS = [("llama", "FP8_DEFAULT_CFG"), ("llama", "NVFP4_AWQ_LITE_CFG"), ("mistral", "NVFP4_AWQ_LITE_CFG:kept")]
