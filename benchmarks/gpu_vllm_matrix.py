@@ -148,7 +148,8 @@ def main() -> int:
     ap.add_argument("--mo-site", default=os.environ.get("MO_SITE", "/tmp/mo-site"))
     ap.add_argument("--vllm-site", default=os.environ.get("VLLM_SITE", "/tmp/site"))
     ap.add_argument("--regrade", action="store_true",
-                    help="grade the cells of an earlier run in --out again (its .npy files; no GPU) and rewrite its tables")
+                    help="grade the cells of an earlier run in --out again (its .npy files; no GPU), "
+                         "rewrite its tables")
     a = ap.parse_args()
     out = a.out.resolve()
     if a.regrade:

@@ -91,7 +91,7 @@ def test_staged_mbox_applies_to_pristine_with_git_am_and_its_test_passes(name, r
     msgs = list(mailbox.mbox(st.mbox))
     assert len(msgs) == len(group)
     summaries = [str(p.fields["Description"]).splitlines()[0].strip() for p in patches]
-    for i, (msg, patch, summary) in enumerate(zip(msgs, patches, summaries)):
+    for i, (msg, patch, summary) in enumerate(zip(msgs, patches, summaries, strict=True)):
         subject = " ".join(str(make_header(decode_header(msg["Subject"]))).split())
         assert subject == (f"[PATCH {i + 1}/{len(group)}] {summary}" if len(group) > 1 else f"[PATCH] {summary}")
         assert " ".join(msg["From"].split()) == f"{git_user[0]} <{git_user[1]}>" != patch.get("Author")
@@ -212,8 +212,9 @@ def test_stage_with_makes_one_pull_request(fork_project, git_user, tmp_path):
     def new_file(root: Path) -> None:
         (root / "modelopt" / "c.py").write_text("C = 3\n")
 
-    for name, edit in (("0001-a.patch", append_line(str(INIT), "A = 1")), ("0002-b.patch", append_line(str(INIT), "B = 2")),
-                       ("0003-c.patch", new_file)):
+    edits = (("0001-a.patch", append_line(str(INIT), "A = 1")), ("0002-b.patch", append_line(str(INIT), "B = 2")),
+             ("0003-c.patch", new_file))
+    for name, edit in edits:
         add_patch_by_edit(fork_project, name, edit)
         _forwarded(fork_project, name, "no")
     _set(fork_project, "0001-a.patch", "Stage-With", "0003-c.patch")
