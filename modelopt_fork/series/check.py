@@ -26,6 +26,11 @@ def missing_test_ids(root: Path, ids: list[str]) -> list[str]:
             missing.append(f"{tid} (no file {file})")
     present = [t for t in ids if (root / t.split("::", 1)[0]).is_file()]
     if present:
+        import importlib.util
+
+        if importlib.util.find_spec("pytest") is None:
+            raise SeriesError(f"checking the patches' Test: ids needs pytest, which {sys.executable} does not have: "
+                              "pip install -e '.[fork-test]' (or check --no-tests)")
         # whole files, in one run: pytest collects nothing at all when one node id is not found
         files = list(dict.fromkeys(t.split("::", 1)[0] for t in present))
         proc = subprocess.run(

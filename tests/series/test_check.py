@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from modelopt_fork.series.check import check
 
 from .helpers import INIT, add_patch_by_edit, append_line
@@ -72,3 +74,15 @@ def test_patch_that_no_longer_applies_is_reported(fork_project, repo_root):
     p.write_text(p.read_text().replace(' version as _version\n', ' version as _v\n', 1))
     problems = check(root, collect_tests=False)
     assert any(x.startswith("patch 0001-a.patch does not apply: hunk @@") for x in problems)
+
+
+def test_missing_pytest_is_named_not_reported_per_id(repo_root, monkeypatch):
+    import importlib.util
+
+    from modelopt_fork.series.check import missing_test_ids
+    from modelopt_fork.series.errors import SeriesError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytest" else real(name, *a))
+    with pytest.raises(SeriesError, match=r"needs pytest, which .* does not have: pip install -e '\.\[fork-test\]'"):
+        missing_test_ids(repo_root, ["tests/series/test_check.py"])
