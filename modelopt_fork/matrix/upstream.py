@@ -30,22 +30,45 @@ def upstream_wheel(root: Path, version: str, log=print) -> Path:
         from ..series.wheel import obtain_wheel
 
         return obtain_wheel(pin, root, log)
-    found = sorted(cache_dir(root).glob(f"nvidia_modelopt-{version}-*.whl"))
-    if found:
-        return found[0]
+    for found in sorted(cache_dir(root).glob(f"nvidia_modelopt-{version}-*.whl")):
+        # only a wheel whose sha256 was recorded when it was downloaded, and still matches it
+        record = found.with_name(found.name + ".sha256")
+        if not record.is_file():
+            continue
+        want, got = record.read_text().split()[0], sha256_file(found)
+        if got != want:
+            raise ForkError(f"{found}: sha256 {got}, but {want} was recorded when it was downloaded: "
+                            "the cached wheel changed; delete it to download it again")
+        return found
     cache_dir(root).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir(root)) as tmp:
         got = pip_download(f"nvidia-modelopt=={version}", Path(tmp), log)
         final = cache_dir(root) / got.name
+        digest = sha256_file(got)
         os.replace(got, final)
-    log(f"{final.name}: sha256 {sha256_file(final)}")
+        final.with_name(final.name + ".sha256").write_text(f"{digest}  {final.name}\n")
+    log(f"{final.name}: sha256 {digest}")
     return final
+
+
+def tree_key(root: Path, version: str, patches: tuple[str, ...]) -> str:
+    """The cache name of pristine ``version`` + ``patches``: their numbers and a digest of their contents."""
+    import hashlib
+
+    from ..series.seriesfile import load_series
+
+    h = hashlib.sha256(version.encode())
+    if patches:
+        series = load_series(root)
+        for name in patches:
+            h.update(b"\0" + name.encode() + b"\0" + series.path(name).read_bytes())
+    return "+".join([version, *[p.split("-")[0] for p in patches]]) + f"-{h.hexdigest()[:16]}"
 
 
 def upstream_tree(root: Path, version: str, patches: tuple[str, ...] = (), log=print) -> Path:
     """A tree of pristine ``version`` plus ``patches`` of our series, built once."""
     pin = load_pin(root)
-    base = Path(root) / STATE_DIR / "upstream" / ("+".join([version, *[p.split("-")[0] for p in patches]]))
+    base = Path(root) / STATE_DIR / "upstream" / tree_key(root, version, patches)  # an edited patch: a new tree
     if (base / ".complete").is_file():
         return base
     shutil.rmtree(base, ignore_errors=True)
