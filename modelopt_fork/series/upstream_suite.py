@@ -291,7 +291,9 @@ def compare(pristine: dict[str, Item], fork: dict[str, Item], overlay: list[str]
         f = fork.get(tid, Item(MISSING)).outcome
         if is_patch_test(tid, overlay):
             c.patch_tests.append(tid)
-            if f not in (PASSED, SKIPPED):
+            # a file id (a collection error on pristine) is missing where the fork collects the file's tests
+            collected = f == MISSING and "::" not in tid and any(k.startswith(tid + "::") for k in fork)
+            if f not in (PASSED, SKIPPED) and not collected:
                 c.patch_tests_failing.append(tid)
         elif p == PASSED and f != PASSED:
             c.regressions.append(tid)
