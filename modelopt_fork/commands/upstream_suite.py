@@ -34,6 +34,9 @@ def register(sub) -> None:
     p.add_argument("--pristine-tree", type=Path, default=None, metavar="DIR",
                    help="a pristine tree holding modelopt/ (default: the verified pristine cache, built "
                         "from the pinned wheel)")
+    p.add_argument("--pristine-from", type=Path, default=None, metavar="JSON",
+                   help="take the pristine outcomes from the upstream-suite.json of an earlier --side pristine run "
+                        "of the same paths instead of running that side")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write upstream-suite.json (every id's outcome per side), junit-<side>.xml, "
                         "pytest-<side>.log and report.txt there")
@@ -46,7 +49,8 @@ def run(args) -> int:
     sides = ("pristine", "fork") if args.side == "both" else (args.side,)
     res = upstream_suite(args.root, args.source, paths=args.paths, gpu=args.gpu, coverage=args.coverage,
                          workers=None if args.gpu else args.workers, jobs=args.jobs, timeout=args.timeout,
-                         sides=sides, pristine_tree=args.pristine_tree, out=args.out,
+                         sides=sides, pristine_tree=args.pristine_tree, pristine_from=args.pristine_from,
+                         out=args.out,
                          log=lambda m: print(m, file=sys.stderr, flush=True))
     text = format_result(res)
     print(text, flush=True)

@@ -448,8 +448,14 @@ def source_commit(source: Path) -> str:
 def upstream_suite(root: Path, source: Path, *, paths: list[str] | None = None, gpu: bool = False,
                    coverage: bool = False, workers: str | None = "auto", jobs: int = 1,
                    timeout: float | None = None, sides: tuple[str, ...] = ("pristine", "fork"),
-                   pristine_tree: Path | None = None, out: Path | None = None, log=print) -> SuiteResult:
-    """Run upstream's tests (``paths`` of ``source``; default :func:`default_paths`) on pristine and the fork."""
+                   pristine_tree: Path | None = None, pristine_from: Path | None = None, out: Path | None = None,
+                   log=print) -> SuiteResult:
+    """Run upstream's tests (``paths`` of ``source``; default :func:`default_paths`) on pristine and the fork.
+
+    ``pristine_from``: an ``upstream-suite.json`` of an earlier ``sides=("pristine",)`` run on the same
+    paths, whose pristine outcomes stand in for running that side (a GPU run split into two calls).
+    ``out``: the reports, and each side's work dir (per-file junit and logs, kept as they are written:
+    what a killed run had finished stays there)."""
     root, source = Path(root).resolve(), Path(source).resolve()
     pin = load_pin(root)
     paths = list(paths or default_paths(root, source, gpu=gpu))
@@ -463,6 +469,9 @@ def upstream_suite(root: Path, source: Path, *, paths: list[str] | None = None, 
     with tempfile.TemporaryDirectory(prefix="upstream-suite-") as tmp:
         tmp = Path(tmp)
         result_sides = {"pristine": Side("pristine", pristine), "fork": Side("fork", root)}
+        if pristine_from is not None:
+            result_sides["pristine"] = load_side(Path(pristine_from), "pristine", paths)
+            sides = tuple(s for s in sides if s != "pristine")
         overlay: list[str] = []
         cov_data = None
         for name in sides:
@@ -482,11 +491,13 @@ def upstream_suite(root: Path, source: Path, *, paths: list[str] | None = None, 
                 rc.write_text(COVERAGE_RC.format(data=cov_data, include="\n".join(f"    {i}" for i in include)))
             log(f"upstream-suite: {name}: {len(paths)} path(s) with modelopt from {side.tree}"
                 + (" (one process per file)" if gpu else ""))
-            run_side(root, side, copy, paths, tmp / f"work-{name}", per_file=gpu, workers=workers, jobs=jobs,
+            work = (Path(out) if out is not None else tmp) / f"work-{name}"
+            shutil.rmtree(work, ignore_errors=True)
+            run_side(root, side, copy, paths, work, per_file=gpu, workers=workers, jobs=jobs,
                      timeout=timeout, coverage_rc=rc, log=log)
             log(f"upstream-suite: {name}: {dict(side.counts())} in {side.seconds:.0f} s")
             if out is not None:
-                _keep_reports(tmp / f"work-{name}", Path(out), name)
+                _keep_reports(work, Path(out), name)
         cov_rows = patch_coverage(root, pristine, cov_data, overlay) if cov_data is not None else None
         res = SuiteResult(source, source_commit(source), paths, overlay, result_sides["pristine"],
                           result_sides["fork"], compare(result_sides["pristine"].items, result_sides["fork"].items,
@@ -494,6 +505,20 @@ def upstream_suite(root: Path, source: Path, *, paths: list[str] | None = None, 
         if out is not None:
             write_json(res, Path(out) / "upstream-suite.json")
         return res
+
+
+def load_side(path: Path, label: str, paths: list[str]) -> Side:
+    """Side ``label`` of an ``upstream-suite.json`` (:func:`write_json`), which must be of ``paths``."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        got = doc["sides"][label]
+    except (OSError, ValueError, KeyError) as e:
+        raise ForkError(f"{path}: no {label} side of an upstream-suite run ({e})") from e
+    if doc.get("paths") != paths:
+        raise ForkError(f"{path}: its {label} side ran {doc.get('paths')}, this run is of {paths}")
+    side = Side(label, Path(got["tree"]), {k: Item(*v) for k, v in got["items"].items()},
+                list(got.get("timed_out_files", [])), float(got.get("seconds", 0)), got.get("modelopt_from", ""))
+    return side
 
 
 def _keep_reports(work: Path, out: Path, side: str) -> None:

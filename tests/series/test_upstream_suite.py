@@ -152,13 +152,21 @@ def test_regression_fixed_patch_tests_and_coverage(project, tmp_path, capsys):
     assert len(list(root_xml.iter("testcase"))) == 5
 
 
-def test_no_regression_exits_0(project, capsys):
+def test_a_run_split_in_two_calls_compares_with_the_first(project, tmp_path, capsys):
+    # --side pristine writes the pristine outcomes; --side fork --pristine-from compares against them
     root, src = project
-    rc = main(["--root", str(root), "upstream-suite", "--source", str(src), "-n", "0",
-               "--paths", "tests/unit/torch/quantization"])
+    q = "tests/unit/torch/quantization"
+    common = ["--root", str(root), "upstream-suite", "--source", str(src), "-n", "0", "--paths", q]
+    assert main([*common, "--side", "pristine", "--out", str(tmp_path / "one")]) == 0
+    first = tmp_path / "one" / "upstream-suite.json"
+    assert list(json.loads(first.read_text())["sides"]) == ["pristine"]
+    capsys.readouterr()
+    rc = main([*common, "--side", "fork", "--pristine-from", str(first)])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "0 regression(s), 0 fixed" in text and "same: 1 (1 passed)" in text
+    with pytest.raises(ForkError, match="this run is of"):
+        upstream_suite(root, src, paths=["tests/unit/torch/export"], pristine_from=first, log=quiet)
 
 
 def test_gpu_mode_runs_each_file_in_its_own_process(project):
