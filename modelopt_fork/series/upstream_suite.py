@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -605,8 +604,9 @@ def format_coverage(rows: list[PatchCoverage]) -> str:
     lines = ["patch coverage on the fork side (statements the patch adds in modelopt/; body = inside functions):",
              "", "| patch | body run / added | by upstream's own tests | all run / added |", "|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.patch.removesuffix('.patch')} | {r.body_run}/{r.body_added} ({_pct(r.body_run, r.body_added)})"
-                     f" | {r.body_run_upstream} | {r.all_run}/{r.all_added} |")
+        body = f"{r.body_run}/{r.body_added} ({_pct(r.body_run, r.body_added)})"
+        name = r.patch.removesuffix(".patch")
+        lines.append(f"| {name} | {body} | {r.body_run_upstream} | {r.all_run}/{r.all_added} |")
     t = PatchCoverage("total")
     for r in rows:
         for k in ("body_added", "body_run", "body_run_upstream", "all_added", "all_run"):

@@ -192,7 +192,7 @@ def test_line_owners_follow_later_patches(project):
     root, _ = project
     owners = line_owners(root, ensure_pristine(root, load_pin(root), quiet))[CALC]
     lines = (root / CALC).read_text().splitlines()
-    by_text = dict(zip(lines, owners))
+    by_text = dict(zip(lines, owners, strict=True))
     assert by_text["SCALE = 1"] == "0002-scale.patch"
     assert by_text["    return SCALE * 0"] == "0002-scale.patch"
     assert by_text["    return 3 * x + 1"] == "0001-calc.patch" and by_text["def gate(x):"] == "0001-calc.patch"
