@@ -20,7 +20,7 @@
 #    the wheel's pristine tree and rebuild it there):
 #        OUT=$OUT bash benchmarks/gpu_upstream_suite.sh
 #    Both sides in one call (default). Knobs (environment):
-#      JOBS=6        test files run side by side (separate processes on the one GPU)
+#      JOBS=8        test files run side by side (separate processes on the one GPU, 16 cores)
 #      TIMEOUT=240   seconds per test file's process; past it the file counts as an error
 #      LIMIT=560     seconds for the whole command (the device allows 600 per call)
 #      PATHS="tests/gpu/torch/export tests/gpu/torch/quantization"   (default: every tests/gpu/<module>
@@ -29,8 +29,8 @@
 #                    (SIDE=pristine) leaves $OUT/upstream-suite.json; copy it here to
 #                    .gpu/pristine-side.json and carry .gpu again for the second (SIDE=fork), which
 #                    then compares with it (--pristine-from)
-#    Prints the report (counts per side, differences per test id) and writes to $OUT (4 files):
-#    report.txt, env.txt, upstream-suite.json, upstream-suite.tgz (junit and pytest logs of each side,
+#    Prints the report (counts per side, differences per test id) and writes to $OUT (5 files):
+#    report.txt, env.txt, mo-site-install.log, upstream-suite.json, upstream-suite.tgz (junit and pytest logs of each side,
 #    per file). Exit status: the command's (1: a regression or a patch test failing on the fork).
 set -u
 WHEEL=nvidia_modelopt-0.47.0-py3-none-any.whl
@@ -76,14 +76,15 @@ extra=()
 [ -n "${PATHS:-}" ] && { read -r -a p <<< "$PATHS"; extra+=(--paths "${p[@]}"); }
 [ "$side" = fork ] && [ -f .gpu/pristine-side.json ] && extra+=(--pristine-from .gpu/pristine-side.json)
 PYTHONPATH=/tmp/mo-site:$PWD timeout -k 15 "${LIMIT:-560}" python3 -m modelopt_fork upstream-suite --gpu \
-  --source /tmp/upstream-src --side "$side" --jobs "${JOBS:-6}" --timeout "${TIMEOUT:-240}" --out /tmp/us-out \
+  --source /tmp/upstream-src --side "$side" --jobs "${JOBS:-8}" --timeout "${TIMEOUT:-240}" --out /tmp/us-out \
   "${extra[@]}" > "$OUT/report.txt" 2> /tmp/us-out/stderr.log
 rc=$?
 [ $rc = 124 ] && echo "upstream-suite: killed at LIMIT=${LIMIT:-560} s: the per-file junit it finished is in upstream-suite.tgz (work-<side>/); split with SIDE=pristine / SIDE=fork" | tee -a "$OUT/report.txt"
 cp /tmp/us-out/upstream-suite.json "$OUT/" 2>/dev/null
 tar czf "$OUT/upstream-suite.tgz" -C /tmp/us-out .
-# the short table: counts per side and the summary, then the differences (the full lists are in report.txt)
-grep -E '^  (pristine|fork) |^  same:|^upstream-suite:' "$OUT/report.txt"
-grep -E '^  [a-z].*: [0-9]+$|^    ' "$OUT/report.txt" | grep -v 'patch tests (the' | cut -c1-200 | head -60
-tail -3 /tmp/us-out/stderr.log
+# the short table: counts per side, the differences per id, the summary (the patch tests' own list, all of
+# them red on pristine / green on the fork when all is well, only in report.txt)
+awk '/^  patch tests \(the series/ {print; skip=1; next} skip && /^    / {next} {skip=0; print}' "$OUT/report.txt" \
+  | cut -c1-220 | head -80
+tail -2 /tmp/us-out/stderr.log
 exit $rc

@@ -498,9 +498,12 @@ def upstream_suite(root: Path, source: Path, *, paths: list[str] | None = None, 
             if out is not None:
                 _keep_reports(work, Path(out), name)
         cov_rows = patch_coverage(root, pristine, cov_data, overlay) if cov_data is not None else None
+        # a pristine-only run (the first of a split GPU run) compares nothing; a fork-only one still checks
+        # the patch tests
+        comparison = compare(result_sides["pristine"].items, result_sides["fork"].items, overlay) \
+            if "fork" in sides else Comparison()
         res = SuiteResult(source, source_commit(source), paths, overlay, result_sides["pristine"],
-                          result_sides["fork"], compare(result_sides["pristine"].items, result_sides["fork"].items,
-                                                        overlay), cov_rows)
+                          result_sides["fork"], comparison, cov_rows)
         if out is not None:
             write_json(res, Path(out) / "upstream-suite.json")
         return res
