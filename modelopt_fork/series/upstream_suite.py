@@ -434,10 +434,12 @@ class SuiteResult:
 def source_commit(source: Path) -> str:
     """The checkout's commit: ``git rev-parse HEAD`` there, else a ``.source-commit`` file (a ``git archive``
     extract has no .git), else "unknown"."""
-    try:
-        p = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True)
-        if p.returncode == 0 and p.stdout.strip():
-            return p.stdout.strip()
+    try:  # only a repository whose top is ``source`` itself (not one that happens to contain it)
+        p = subprocess.run(["git", "-C", str(source), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                           text=True)
+        top, _, commit = p.stdout.strip().partition("\n")
+        if p.returncode == 0 and commit and Path(top).resolve() == Path(source).resolve():
+            return commit.strip()
     except OSError:
         pass
     marker = Path(source) / ".source-commit"

@@ -12,6 +12,8 @@ export, and a decoy modelopt/ that must never be imported.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from modelopt_fork.series.upstream_suite import (
     default_paths,
     line_owners,
     nodeid,
+    source_commit,
     touched_modules,
     upstream_suite,
 )
@@ -207,3 +210,19 @@ def test_nodeid_of_inherited_tests_and_collection_errors(tmp_path):
     assert nodeid(case, tmp_path) == "tests/unit/a/test_x.py::TestK::test_p[1.5-a::b]"
     case = ET.fromstring('<testcase classname="" name="tests.unit.a.test_x" file="tests/unit/a/test_x.py"/>')
     assert nodeid(case, tmp_path) == "tests/unit/a/test_x.py"
+
+
+def test_source_commit_is_the_checkouts_own(tmp_path):
+    src = tmp_path / "up"
+    (src / "extract").mkdir(parents=True)
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x.invalid", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@x.invalid", "PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    subprocess.run(["git", "init", "-q", str(src)], check=True, env=env)
+    subprocess.run(["git", "-C", str(src), "commit", "-q", "--allow-empty", "-m", "x"], check=True, env=env)
+    head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert source_commit(src) == head
+    # a `git archive` extract inside some other repository is not that repository's commit
+    assert source_commit(src / "extract") == "unknown"
+    (src / "extract" / ".source-commit").write_text("a2fbac7b\n")
+    assert source_commit(src / "extract") == "a2fbac7b"
