@@ -102,6 +102,7 @@ def project(tmp_path, monkeypatch):
         "tests/unit/torch/quantization/test_other.py": "def test_other():\n    pass\n",
         "tests/gpu/torch/export/test_g1.py": "import builtins\n\n\ndef test_g1():\n"
                                              "    assert not hasattr(builtins, '_seen')\n    builtins._seen = 1\n",
+        "tests/gpu/torch/export/test_empty.py": "HELPER = 1\n",  # collects nothing: no id, no error
         "tests/gpu/torch/export/test_g2.py": "import builtins\n\n\ndef test_g2():\n"
                                              "    assert not hasattr(builtins, '_seen')\n    builtins._seen = 2\n",
     }
