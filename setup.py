@@ -40,6 +40,8 @@ FORK_EXTRAS = {
         "compressed-tensors>=0.20,<0.21; python_version >= '3.11'",
         # `check --lint` (upstream's ruff settings; tests/series/test_upstream_lint.py)
         "ruff==0.17.6",
+        # `upstream-suite --coverage` (per-patch statement coverage; `patch = subprocess` needs 7.10)
+        "coverage>=7.10",
     ],
 }
 
