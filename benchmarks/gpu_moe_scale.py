@@ -16,8 +16,8 @@ real hidden, intermediate and expert-intermediate sizes, heads and head dims, 12
 once), bf16, built directly on the GPU from a fixed seed (the same weights in every run).
 
 **Part 1, fork vs upstream** (``--cfgs``, default NVFP4_AWQ_FULL_CFG and NVFP4_DEFAULT_CFG).
-Implementations (``--impls``): ``fork``; ``fork-norescue``, the fork exporting with
-``save_rescue=False`` (no calibration rescue file, patch 0007's opt-out); ``upstream``. Each
+Implementations (``--impls``): ``fork``; ``fork-rescue``, the fork exporting with
+``save_rescue=True`` (the calibration rescue file, patch 0022's opt-in); ``upstream``. Each
 runs in its own process (pristine upstream: ``modelopt`` imported from
 ``upstream_tree(root, --upstream)``, checked at start); ``--passes N`` starts N processes per
 (implementation, arch), in rotating order, so that drift of the machine over the run and
@@ -94,10 +94,10 @@ ARCHS = ["gemma4-26b-a4b", "qwen3-30b-a3b"]
 CFGS = ["NVFP4_AWQ_FULL_CFG", "NVFP4_DEFAULT_CFG"]
 SWEEP = [8, 32, 128, 256]
 TARGET_RATIO = 1.02
-# implementations: the fork as installed, the fork with export_hf_checkpoint(save_rescue=False)
-# (patch 0007's opt-out: no calibration rescue file), pristine upstream
-IMPLS = ["fork", "fork-norescue", "upstream"]
-EXPORT_KWARGS = {"fork": {}, "fork-norescue": {"save_rescue": False}, "upstream": {}}
+# implementations: the fork as installed, the fork with export_hf_checkpoint(save_rescue=True)
+# (patch 0022's opt-in: the calibration rescue file), pristine upstream
+IMPLS = ["fork", "fork-rescue", "upstream"]
+EXPORT_KWARGS = {"fork": {}, "fork-rescue": {"save_rescue": True}, "upstream": {}}
 UPSTREAM_AWQ_NOTE = "pristine export fails (fused experts + AWQ, patch 0004): calibration ratio only"
 
 
