@@ -208,6 +208,7 @@ def _set(root: Path, name: str, field: str, value: str) -> None:
     path.write_text(set_field(header, field, value) + "diff --git" + diff)
 
 
+@pytest.mark.slow  # ~35 s of git/pip on 2 cores; in CI the real 0001+0006 staging (above) covers Stage-With
 def test_stage_with_makes_one_pull_request(fork_project, git_user, tmp_path):
     def new_file(root: Path) -> None:
         (root / "modelopt" / "c.py").write_text("C = 3\n")
