@@ -85,10 +85,12 @@ def _make_config(model_type: str, d: dict):
 
 
 def _decoder_layers(model: torch.nn.Module) -> tuple[str, int]:
-    """(name, length) of the model's decoder-layer list: the longest ModuleList named ``*layers``."""
+    """(name, length) of the model's decoder-layer list: the longest ModuleList named ``layers``
+    (or ``blocks``, DBRX; ``h``, GPT-2 style)."""
     best = ("", 0)
     for n, m in model.named_modules():
-        if isinstance(m, torch.nn.ModuleList) and n.rsplit(".", 1)[-1] == "layers" and len(m) > best[1]:
+        if (isinstance(m, torch.nn.ModuleList) and n.rsplit(".", 1)[-1] in ("layers", "blocks", "h")
+                and len(m) > best[1]):
             best = (n, len(m))
     return best
 

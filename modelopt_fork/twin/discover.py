@@ -5,8 +5,8 @@ A model type is an MoE causal LM when it has a causal-LM class
 (one of ``shrink.EXPERT_COUNT_KEYS``, in the config, its text config, or one nested dict down,
 DBRX's ``ffn_config``). A multimodal type whose causal LM is its text model's (``llama4`` ->
 ``llama4_text``) is listed once, as the text type. Types whose class defaults name an expert
-count but leave it unset (``dots1``, ``gemma4_text``: dense by default) are listed with
-``moe_by_default=False``. :func:`default_config_dir` writes the config.json a user of the type
+count but leave it unset or switch the MoE off (``dots1``; ``doge``: ``is_moe=False``;
+``gemma4_text``: ``enable_moe_block=False``: dense by default) have ``moe_by_default=False``. :func:`default_config_dir` writes the config.json a user of the type
 would have, from the class defaults alone, with ``architectures`` set.
 """
 
@@ -19,6 +19,10 @@ from pathlib import Path
 from .shrink import EXPERT_COUNT_KEYS, TOP_K_KEYS
 
 
+# boolean switches of an MoE (Doge's is_moe, Gemma-4's enable_moe_block): False means dense
+MOE_FLAGS = ("is_moe", "use_moe", "enable_moe_block", "moe_enabled")
+
+
 @dataclass(frozen=True)
 class MoEType:
     model_type: str  # the type whose config a twin is built from (the text type of a wrapper)
@@ -28,9 +32,11 @@ class MoEType:
     top_k: int | None
     wrappers: tuple[str, ...] = ()  # multimodal types whose text model this is
 
+    moe_switched_off: str = ""  # a flag of the class defaults that turns the MoE off ("is_moe=False")
+
     @property
     def moe_by_default(self) -> bool:
-        return isinstance(self.experts, int) and self.experts >= 1
+        return isinstance(self.experts, int) and self.experts >= 1 and not self.moe_switched_off
 
 
 def _experts(d: dict) -> tuple[str, int | None, int | None] | None:
@@ -86,7 +92,8 @@ def moe_model_types(*, include_dense_by_default: bool = False) -> list[MoEType]:
             wrappers.setdefault(text_type, []).append(model_type)
             continue
         key, n, k = hit
-        found[model_type] = MoEType(model_type, names[model_type], key, n, k)
+        off = next((f"{f}=False" for f in MOE_FLAGS if text.to_dict().get(f) is False), "")
+        found[model_type] = MoEType(model_type, names[model_type], key, n, k, moe_switched_off=off)
     out = [MoEType(**{**t.__dict__, "wrappers": tuple(wrappers.get(t.model_type, ()))}) for t in found.values()]
     return [t for t in out if include_dense_by_default or t.moe_by_default]
 
