@@ -84,6 +84,19 @@ def _make_config(model_type: str, d: dict):
     return transformers.AutoConfig.for_model(model_type, **d)
 
 
+def meta_model(cfg) -> torch.nn.Module:
+    """``cfg``'s causal LM on the meta device: no memory, and no weight init (on meta tensors,
+    transformers 4.57's init costs ~2 ms per tensor through torch's reference ops)."""
+    import transformers
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.57
+        from transformers.modeling_utils import no_init_weights
+    with torch.device("meta"), no_init_weights():
+        return transformers.AutoModelForCausalLM.from_config(copy.deepcopy(cfg))
+
+
 def _decoder_layers(model: torch.nn.Module) -> tuple[str, int]:
     """(name, length) of the model's decoder-layer list: the longest ModuleList named ``layers``
     (or ``blocks``, DBRX; ``h``, GPT-2 style)."""
@@ -107,8 +120,7 @@ def layer_roles(cfg) -> tuple[list[bool], list[bool] | None] | None:
     from .layout import is_attention
 
     try:
-        with torch.device("meta"):
-            model = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(cfg))
+        model = meta_model(cfg)
     except Exception:  # the build stage reports why it does not build
         return None
     prefix, n = _decoder_layers(model)
@@ -215,8 +227,7 @@ def _check_budget(name: str, cfg, budget: int, width_limit: int) -> None:
 
     _check_experts(name, cfg)
     try:
-        with torch.device("meta"):
-            model = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(cfg))
+        model = meta_model(cfg)
     except Exception:  # the build stage reports why it does not build
         return
     n = sum(p.numel() for p in model.parameters())

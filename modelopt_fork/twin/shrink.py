@@ -145,6 +145,8 @@ def shrink(raw: dict, *, layers: int | None = 2, num_experts: int | str | None =
     for k in DROP_KEYS:
         d.pop(k, None)
     _strip_hub_keys(d)
+    if d.get("use_mamba_kernels"):
+        d["use_mamba_kernels"] = False  # CUDA-only kernels (transformers 4.57 refuses to run without them)
     aliases, defaults = aliases or {}, defaults or {}
     nested = [(v, defaults.get(k)) for k, v in d.items() if isinstance(v, dict)]  # dbrx: ffn_config
     for sub, sub_defaults, names in ((d, defaults, aliases), *((v, dv, {}) for v, dv in nested)):
