@@ -109,7 +109,6 @@ def markdown_report(prepared, results, *, title: str, command: str, label: str, 
 
     from .table import format_table
 
-    configs = list(dict.fromkeys(r["cfg"] for r in results))
     by_type: dict[str, list[dict]] = {}
     for r in results:
         by_type.setdefault(r["arch"], []).append(r)

@@ -67,6 +67,8 @@ def twin_config(source: str | Path, *, layers: int = 2, num_experts=None, top_k=
         cfg = _make_config(model_type, d)
         if roles is not None:
             cfg = _check_layout(model_type, raw, kw, d, cfg, roles, keep, layers)
+        if getattr(cfg, "use_cache", False) and not _cache_builds(cfg):
+            cfg.use_cache = False  # the forward would fail creating its cache; twins never decode
     except CONFIG_ERRORS as e:
         raise ForkError(f"{name}: cannot make a twin of this config: {type(e).__name__}: "
                         f"{' '.join(str(e).split())}") from None
@@ -115,8 +117,6 @@ def layer_roles(cfg) -> tuple[list[bool], list[bool] | None] | None:
     no decoder-layer list. Attention comes from the config's resolved ``layer_types`` (or
     ``layers_block_type``), which transformers' caches use too.
     """
-    import transformers
-
     from .layout import is_attention
 
     try:
@@ -169,8 +169,6 @@ def _check_layout(model_type, raw, kw, d, cfg, roles, keep, layers):
             raise ValueError(f"the twin has no MoE layer; layout keys: {', '.join(layout_keys(d)) or 'none found'}")
         if attention and any(attention) and got[1] is not None and not any(got[1]):
             raise ValueError(f"the twin has no attention layer; layout keys: {', '.join(layout_keys(d))}")
-    if getattr(cfg, "use_cache", False) and not _cache_builds(cfg):
-        cfg.use_cache = False  # the forward would fail creating its cache; twins never decode
     return cfg
 
 
@@ -223,7 +221,6 @@ def _check_experts(name: str, cfg) -> None:
 
 def _check_budget(name: str, cfg, budget: int, width_limit: int) -> None:
     """Build the twin on the meta device (no memory, no init) and count its parameters."""
-    import transformers
 
     _check_experts(name, cfg)
     try:

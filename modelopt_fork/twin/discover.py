@@ -6,8 +6,9 @@ A model type is an MoE causal LM when it has a causal-LM class
 DBRX's ``ffn_config``). A multimodal type whose causal LM is its text model's (``llama4`` ->
 ``llama4_text``) is listed once, as the text type. Types whose class defaults name an expert
 count but leave it unset or switch the MoE off (``dots1``; ``doge``: ``is_moe=False``;
-``gemma4_text``: ``enable_moe_block=False``: dense by default) have ``moe_by_default=False``. :func:`default_config_dir` writes the config.json a user of the type
-would have, from the class defaults alone, with ``architectures`` set.
+``gemma4_text``: ``enable_moe_block=False``: dense by default) have ``moe_by_default=False``.
+:func:`default_config_dir` writes the config.json a user of the type would have, from the
+class defaults alone, with ``architectures`` set.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .shrink import EXPERT_COUNT_KEYS, TOP_K_KEYS
-
 
 # boolean switches of an MoE (Doge's is_moe, Gemma-4's enable_moe_block): False means dense
 MOE_FLAGS = ("is_moe", "use_moe", "enable_moe_block", "moe_enabled")
