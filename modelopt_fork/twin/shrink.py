@@ -10,7 +10,12 @@ not bundled but uses the usual key names works without code changes; the size ke
 not know are bounded by the parameter budget of :func:`.build.twin_config` (a clear error).
 Width keys missing from the config are shrunk too (``defaults``: the config class's values
 for them), and keys that make transformers fetch code or kernels from the Hub
-(``HUB_KEYS``) are removed at every level.
+(``HUB_KEYS``) are removed at every level. Width keys the tables do not name are bounded by
+their kind (``_WIDTH_KINDS``: intermediate sizes, ranks, head dims, state sizes, head counts;
+Mamba-2 heads stay ``expand * hidden / head_dim``), and derived keys are recomputed from the
+shrunk ones (``qk_head_dim = qk_nope_head_dim + qk_rope_head_dim``). Depth: the layers kept
+are chosen by :mod:`.layout` (per-layer lists cut, dense-first counts and layer indices
+renumbered), checked against the built model by ``build.twin_config``.
 
 ``widths="real"`` keeps every width of the real model (hidden, intermediate and expert
 intermediate sizes, attention heads, head dims, LoRA ranks, positions, sliding window) and
