@@ -12,8 +12,14 @@ from ..checkpoint.load import load_tensors
 
 
 def _layer_of(prefix: str) -> str:
-    m = re.match(r"(.*?layers\.\d+\.)", prefix)
+    """The decoder layer's ``layers.N.`` (or ``blocks.N.``) part of a module name."""
+    m = re.search(r"((?:layers|blocks)\.\d+\.)", prefix)
     return m.group(1) if m else prefix
+
+
+def _in_layer(key: str, layer: str) -> bool:
+    # the exporter may also rename what holds the layers (NemotronH: model.layers -> backbone.layers)
+    return key.startswith(layer) or f".{layer}" in key
 
 
 def structural_problems(ckpt: Path, cfg: str, expert_prefixes: list[str]) -> list[str]:
@@ -28,10 +34,10 @@ def structural_problems(ckpt: Path, cfg: str, expert_prefixes: list[str]) -> lis
     tensors = load_tensors(ckpt)
     packed = [k for k, v in tensors.items() if k.endswith(".weight") and v.dtype == torch.uint8]
     for prefix in expert_prefixes:
-        # the exporter may rename the block (e.g. Mixtral's mlp -> block_sparse_moe); the
-        # decoder layer and the experts' index stay
+        # the exporter may rename the block (e.g. Mixtral's mlp -> block_sparse_moe) and what
+        # holds the layers (NemotronH's backbone); the decoder layer's index stays
         layer = _layer_of(prefix)
-        if not any(k.startswith(layer) and ".experts." in k for k in packed):
+        if not any(_in_layer(k, layer) and ".experts." in k for k in packed):
             problems.append(f"{prefix}: no quantized expert weight in the checkpoint")
     for k in packed:
         base = k[: -len(".weight")]

@@ -2,6 +2,9 @@
 
 * :mod:`.source` -- read a config (bundled name, model directory or config.json path);
 * :mod:`.shrink` -- shrink it, keeping what matters for MoE export;
+* :mod:`.layout` -- the layer layout (per-layer lists, dense-first counts, index lists) cut to
+  the twin's depth, keeping an MoE layer, an attention layer, a dense-first layer;
+* :mod:`.discover` -- every MoE causal-LM type of the installed transformers;
 * :mod:`.build` -- build the twin with seeded random weights (no downloads);
 * :mod:`.moe` -- find MoE blocks structurally and count routed tokens per expert;
 * :mod:`.scenarios` -- calibration-coverage scenarios driven by real routing.

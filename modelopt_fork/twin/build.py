@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..series.errors import ForkError
+from .layout import choose_layers, layout_keys
 from .moe import MoEBlock, find_moe_blocks
 from .shrink import RUNTIME, TINY, shrink, text_part
 from .source import load_config_dict
@@ -17,6 +18,11 @@ from .source import load_config_dict
 # largest bundled twins have 1.7M (tiny: gemma4-26b-a4b, deepseek-v3 with --experts real) and
 # 26.6M (runtime: deepseek-v3, --experts real), so every bundled twin fits with a margin > 3.5x.
 PARAM_BUDGET = {"tiny": 10_000_000, "runtime": 100_000_000}
+try:  # transformers 5's strict config dataclasses raise these for a failed validator
+    from huggingface_hub.errors import StrictDataclassError
+except ImportError:  # pragma: no cover - older huggingface_hub (transformers 4.57)
+    StrictDataclassError = ValueError
+CONFIG_ERRORS = (ValueError, TypeError, KeyError, AttributeError, StrictDataclassError)
 
 
 @dataclass
@@ -47,19 +53,145 @@ def twin_config(source: str | Path, *, layers: int = 2, num_experts=None, top_k=
             f"{transformers.__version__}; twins are built from native transformers classes "
             "(remote code is never run)"
         )
+    cls = CONFIG_MAPPING[model_type]
+    kw = dict(num_experts=num_experts, top_k=top_k, widths=widths, defaults=_class_defaults(cls),
+              aliases=getattr(cls, "attribute_map", None))
     try:
-        cls = CONFIG_MAPPING[model_type]
-        d = shrink(raw, layers=layers, num_experts=num_experts, top_k=top_k, widths=widths,
-                   defaults=_class_defaults(cls), aliases=getattr(cls, "attribute_map", None))
-        d.pop("model_type")
-        d.pop("architectures", None)
-        cfg = transformers.AutoConfig.for_model(model_type, **d)
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        # the real layer layout, on the shrunk widths: which layers have MoE blocks and attention
+        full = shrink(raw, layers=None, **kw)
+        full_cfg = _make_config(model_type, full)
+        _check_experts(name, full_cfg)  # before any build: per-expert modules cost memory even on meta
+        roles = layer_roles(full_cfg)
+        keep = choose_layers(full, layers, moe=roles and roles[0], attention=roles and roles[1])
+        d = shrink(raw, keep=keep, **kw)
+        cfg = _make_config(model_type, d)
+        if roles is not None:
+            cfg = _check_layout(model_type, raw, kw, d, cfg, roles, keep, layers)
+        if getattr(cfg, "use_cache", False) and not _cache_builds(cfg):
+            cfg.use_cache = False  # the forward would fail creating its cache; twins never decode
+    except CONFIG_ERRORS as e:
         raise ForkError(f"{name}: cannot make a twin of this config: {type(e).__name__}: "
                         f"{' '.join(str(e).split())}") from None
     if widths in PARAM_BUDGET:
         _check_budget(name, cfg, PARAM_BUDGET[widths], max((RUNTIME if widths == "runtime" else TINY).values()))
     return name, cfg
+
+
+def _make_config(model_type: str, d: dict):
+    import transformers
+
+    d = dict(d)
+    d.pop("model_type", None)
+    d.pop("architectures", None)
+    return transformers.AutoConfig.for_model(model_type, **d)
+
+
+def meta_model(cfg) -> torch.nn.Module:
+    """``cfg``'s causal LM on the meta device: no memory, and no weight init (on meta tensors,
+    transformers 4.57's init costs ~2 ms per tensor through torch's reference ops)."""
+    import transformers
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.57
+        from transformers.modeling_utils import no_init_weights
+    with torch.device("meta"), no_init_weights():
+        return transformers.AutoModelForCausalLM.from_config(copy.deepcopy(cfg))
+
+
+def _decoder_layers(model: torch.nn.Module) -> tuple[str, int]:
+    """(name, length) of the model's decoder-layer list: the longest ModuleList named ``layers``
+    (or ``blocks``, DBRX; ``h``, GPT-2 style)."""
+    best = ("", 0)
+    for n, m in model.named_modules():
+        if (isinstance(m, torch.nn.ModuleList) and n.rsplit(".", 1)[-1] in ("layers", "blocks", "h")
+                and len(m) > best[1]):
+            best = (n, len(m))
+    return best
+
+
+def layer_roles(cfg) -> tuple[list[bool], list[bool] | None] | None:
+    """Per decoder layer of ``cfg``'s model: (has an MoE block, has softmax attention or None if unknown).
+
+    The model is built on the meta device (no memory, no init); None when it does not build or has
+    no decoder-layer list. Attention comes from the config's resolved ``layer_types`` (or
+    ``layers_block_type``), which transformers' caches use too.
+    """
+    from .layout import is_attention
+
+    try:
+        model = meta_model(cfg)
+    except Exception:  # the build stage reports why it does not build
+        return None
+    prefix, n = _decoder_layers(model)
+    if not n:
+        return None
+    moe = [False] * n
+    for b in find_moe_blocks(model):
+        head, _, rest = b.name.partition(prefix + ".")
+        if not head and rest.split(".")[0].isdigit():
+            moe[int(rest.split(".")[0])] = True
+    attention = None
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    for key in ("layer_types", "layers_block_type"):
+        kinds = getattr(text, key, None)
+        if isinstance(kinds, (list, tuple)) and len(kinds) == n:
+            attention = [is_attention(k) for k in kinds]
+            break
+    return moe, attention
+
+
+def _check_layout(model_type, raw, kw, d, cfg, roles, keep, layers):
+    """The twin's layers must be the real layers it keeps (MoE or not, attention or not).
+
+    Periodic keys (``decoder_sparse_step``, ``attn_layer_period``, ...) are evaluated on the twin's
+    layer indices, so a kept set that is not a prefix can change what a layer is: then the twin
+    keeps a prefix of the real layers instead. Raises ValueError when the twin still has no MoE
+    layer (or no attention layer where the real model has one).
+    """
+    moe, attention = roles
+
+    def differs(got, kept):
+        return got is not None and (got[0] != [moe[i] for i in kept] or (
+            attention is not None and got[1] is not None and got[1] != [attention[i] for i in kept]))
+
+    got = layer_roles(cfg)
+    if differs(got, keep):
+        keep = list(range(max(keep[-1] + 1, layers or 0)))
+        d = shrink(raw, keep=keep, **kw)
+        cfg = _make_config(model_type, d)
+        got = layer_roles(cfg)
+        if differs(got, keep):
+            raise ValueError(f"the twin's layers differ from the real layers {keep} they stand for; "
+                             f"layout keys: {', '.join(layout_keys(d)) or 'none found'}")
+    if got is not None:
+        if any(moe) and not any(got[0]):
+            raise ValueError(f"the twin has no MoE layer; layout keys: {', '.join(layout_keys(d)) or 'none found'}")
+        if attention and any(attention) and got[1] is not None and not any(got[1]):
+            raise ValueError(f"the twin has no attention layer; layout keys: {', '.join(layout_keys(d))}")
+    return cfg
+
+
+def _cache_builds(cfg) -> bool:
+    """Whether the DynamicCache a forward with ``use_cache`` creates builds and reports a length.
+
+    transformers 5.14 has no cache layer for NemotronH's ``mlp`` layers (KeyError), and a cache of
+    linear-attention layers only (a hybrid's class defaults without attention layers) refuses
+    ``get_seq_length``.
+    """
+    try:
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache(config=cfg)
+    except TypeError:  # transformers 4.57: no config-shaped cache; each model builds its own
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+    try:
+        cache.get_seq_length()
+    except Exception:  # noqa: BLE001
+        return False
+    return True
 
 
 def _class_defaults(config_class) -> dict:
@@ -75,10 +207,7 @@ def _class_defaults(config_class) -> dict:
 MAX_EXPERTS = 2048
 
 
-def _check_budget(name: str, cfg, budget: int, width_limit: int) -> None:
-    """Build the twin on the meta device (no memory, no init) and count its parameters."""
-    import transformers
-
+def _check_experts(name: str, cfg) -> None:
     from .shrink import EXPERT_COUNT_KEYS
 
     subs = [("", cfg)] + [(f"{k}.", getattr(cfg, k, None)) for k in (getattr(cfg, "sub_configs", None) or {})]
@@ -89,9 +218,13 @@ def _check_budget(name: str, cfg, budget: int, width_limit: int) -> None:
                 raise ForkError(f"{name}: its twin would have {prefix}{key}={n} experts, over the budget of "
                                 f"{MAX_EXPERTS} experts a twin may have (give --experts N)")
 
+
+def _check_budget(name: str, cfg, budget: int, width_limit: int) -> None:
+    """Build the twin on the meta device (no memory, no init) and count its parameters."""
+
+    _check_experts(name, cfg)
     try:
-        with torch.device("meta"):
-            model = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(cfg))
+        model = meta_model(cfg)
     except Exception:  # the build stage reports why it does not build
         return
     n = sum(p.numel() for p in model.parameters())

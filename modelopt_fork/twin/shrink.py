@@ -10,7 +10,12 @@ not bundled but uses the usual key names works without code changes; the size ke
 not know are bounded by the parameter budget of :func:`.build.twin_config` (a clear error).
 Width keys missing from the config are shrunk too (``defaults``: the config class's values
 for them), and keys that make transformers fetch code or kernels from the Hub
-(``HUB_KEYS``) are removed at every level.
+(``HUB_KEYS``) are removed at every level. Width keys the tables do not name are bounded by
+their kind (``_WIDTH_KINDS``: intermediate sizes, ranks, head dims, state sizes, head counts;
+Mamba-2 heads stay ``expand * hidden / head_dim``), and derived keys are recomputed from the
+shrunk ones (``qk_head_dim = qk_nope_head_dim + qk_rope_head_dim``). Depth: the layers kept
+are chosen by :mod:`.layout` (per-layer lists cut, dense-first counts and layer indices
+renumbered), checked against the built model by ``build.twin_config``.
 
 ``widths="real"`` keeps every width of the real model (hidden, intermediate and expert
 intermediate sizes, attention heads, head dims, LoRA ranks, positions, sliding window) and
@@ -23,6 +28,10 @@ the NVFP4 configs; embeddings are not linears) and copies once, independently of
 from __future__ import annotations
 
 import copy
+import math
+import re
+
+from .layout import choose_layers, cut
 
 # Width-like keys and their tiny value (applied only where the key is present and set).
 # Every quantized linear then has in_features a multiple of 16 (the NVFP4 block).
@@ -47,6 +56,7 @@ TINY = {
 }
 EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 TOP_K_KEYS = ("num_experts_per_tok", "top_k_experts", "moe_topk", "moe_k")
+ZERO_EXPERT_KEYS = ("zero_expert_num",)
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 DROP_KEYS = ("quantization_config", "auto_map", "_name_or_path", "transformers_version")
 # A repo id here makes transformers download code (auto_map) or kernels (`attn_implementation=
@@ -119,23 +129,29 @@ def _check_sizes(d: dict) -> None:
             raise ValueError(f"{k}={v!r} is not a non-negative integer")
 
 
-def shrink(raw: dict, *, layers: int = 2, num_experts: int | str | None = None,
+def shrink(raw: dict, *, layers: int | None = 2, num_experts: int | str | None = None,
            top_k: int | None = None, widths: str = "tiny", defaults: dict | None = None,
-           aliases: dict | None = None) -> dict:
+           aliases: dict | None = None, roles: tuple | None = None, keep: list[int] | None = None) -> dict:
     """A tiny copy of the (text) config dict ``raw`` (``widths="real"``: real widths, see above).
 
     ``defaults``: the config class's default values, for the width keys ``raw`` leaves out;
     ``aliases``: the class's ``attribute_map`` (usual name -> its name), so its own names shrink too.
+    Depth: ``layers`` layers at least, chosen by :func:`.layout.choose_layers` so that the layout
+    is covered (``roles``: per real layer, (has an MoE block, has attention), from the built
+    model); ``keep``: exactly these layers of the real model; ``layers=None``: the real depth.
     Raises ValueError for a size that is not a non-negative integer.
     """
     if widths not in WIDTHS:
         raise ValueError(f"widths must be one of {WIDTHS}, got {widths!r}")
     if widths == "real":
-        return _shrink_real_widths(raw, layers=layers, num_experts=num_experts, top_k=top_k)
+        return _shrink_real_widths(raw, layers=layers, num_experts=num_experts, top_k=top_k, roles=roles,
+                                   keep=keep)
     d = text_part(raw)
     for k in DROP_KEYS:
         d.pop(k, None)
     _strip_hub_keys(d)
+    if d.get("use_mamba_kernels"):
+        d["use_mamba_kernels"] = False  # CUDA-only kernels (transformers 4.57 refuses to run without them)
     aliases, defaults = aliases or {}, defaults or {}
     nested = [(v, defaults.get(k)) for k, v in d.items() if isinstance(v, dict)]  # dbrx: ffn_config
     for sub, sub_defaults, names in ((d, defaults, aliases), *((v, dv, {}) for v, dv in nested)):
@@ -166,18 +182,70 @@ def shrink(raw: dict, *, layers: int = 2, num_experts: int | str | None = None,
             d["num_key_value_heads"] = HEADS if kv == heads else 2  # keep MHA vs GQA
         if d.get("num_global_key_value_heads"):
             d["num_global_key_value_heads"] = 1 if d["num_global_key_value_heads"] < (kv or heads) else 2
-    if "head_dim" not in d and d.get("hidden_size") and heads:
+    if d.get("head_dim") is None and d.get("hidden_size") and heads:
         d["head_dim"] = d["hidden_size"] // HEADS
+    for sub in (d, *(v for v in d.values() if isinstance(v, dict))):
+        _bound_other_widths(sub, table)
+    _mamba_heads(d)
 
     _shrink_experts(d, num_experts, top_k)
-    _shrink_depth(d, layers)
+    _shrink_depth(d, layers, roles, keep)
     _clip_token_ids(d, d.get("vocab_size", TINY["vocab_size"]))
     for k, a in renamed.items():
         d[a] = d.pop(k)
+    _derived(d)
     return d
 
 
-def _shrink_real_widths(raw: dict, *, layers: int, num_experts, top_k) -> dict:
+# Width keys the tables above do not name (every width a transformers MoE config uses is one of
+# these shapes): bounded to the table's value of the same kind. Names with _NOT_WIDTH words size
+# no weight (chunk_size, sliding_window_size, conv_L_cache, ...) or are counts handled elsewhere.
+_WIDTH_KINDS = (  # (name pattern, the table key whose value bounds it)
+    (r"(expert|moe|shared).*intermediate|intermediate.*(expert|moe|shared)|expert.*ffn", "moe_intermediate_size"),
+    (r"intermediate|ffn|mlp_hidden|_inner", "intermediate_size"),
+    (r"_rank$", "q_lora_rank"),
+    (r"(head_dim|d_head|head_size|_dim)$", "head_dim"),
+    (r"(state_size|d_state)$", "head_dim"),
+    (r"(hidden_size|d_model|n_embd|_width|embed_dim)$", "hidden_size"),
+    (r"(_heads|n_head)$", None),  # head counts: HEADS
+)
+_NOT_WIDTH = re.compile(r"token|theta|position|window|chunk|layer|kernel|conv|seq|batch|cache|bucket|vocab|block|"
+                        r"group|step|patch|image|vision|audio|max_|min_|num_experts|n_routed|top_k|topk|window")
+
+
+def _bound_other_widths(sub: dict, table: dict) -> None:
+    for k, v in list(sub.items()):
+        if k in table or k in ALIASED or _NOT_WIDTH.search(k):
+            continue
+        kind = next((t for pat, t in _WIDTH_KINDS if re.search(pat, k)), False)
+        if kind is False:
+            continue
+        bound = HEADS if kind is None else table[kind]
+        if isinstance(v, int) and not isinstance(v, bool) and v > bound:
+            sub[k] = bound
+        elif kind is None and isinstance(v, list) and v and all(isinstance(x, int) and x > 0 for x in v):
+            top = max(v)  # per-layer head counts (Laguna): the same proportions, at most HEADS, even
+            sub[k] = [max(2, HEADS * x // top // 2 * 2) for x in v] if top > HEADS else v
+
+
+# Mamba-2 mixers (NemotronH, GraniteMoeHybrid): heads x head dim must equal expand x hidden size,
+# and the groups must divide the heads.
+_MAMBA = (("mamba_num_heads", "mamba_head_dim", "expand", "n_groups"),
+          ("mamba_n_heads", "mamba_d_head", "mamba_expand", "mamba_n_groups"))
+
+
+def _mamba_heads(d: dict) -> None:
+    hidden = d.get("hidden_size")
+    for heads, dim, expand, groups in _MAMBA:
+        if not all(isinstance(d.get(k), int) for k in (heads, dim, expand)) or not isinstance(hidden, int):
+            continue
+        d[heads] = max(1, d[expand] * hidden // d[dim])
+        g = d.get(groups)
+        if isinstance(g, int) and g > 0 and d[heads] % g:
+            d[groups] = math.gcd(d[heads], g)
+
+
+def _shrink_real_widths(raw: dict, *, layers, num_experts, top_k, roles=None, keep=None) -> dict:
     d = text_part(raw)
     for k in DROP_KEYS:
         d.pop(k, None)
@@ -187,7 +255,7 @@ def _shrink_real_widths(raw: dict, *, layers: int, num_experts, top_k) -> dict:
         if d.get(k) is not None:
             d[k] = min(d[k], REAL_WIDTHS_VOCAB)
     _shrink_experts(d, num_experts, top_k)
-    _shrink_depth(d, layers)
+    _shrink_depth(d, layers, roles, keep)
     _clip_token_ids(d, d.get("vocab_size", REAL_WIDTHS_VOCAB))
     return d
 
@@ -206,6 +274,8 @@ def _shrink_experts(d: dict, num_experts, top_k) -> None:
     if ek is None:
         return
     real, k = d[ek], (d[kk] if kk else 1)
+    if kk is None and (kk := next((t for t in TOP_K_KEYS if t in d), None)):
+        k = min(2, real)  # the key is there but null (DeepSeek-V2's class default): a twin routes top-2
     if top_k is not None:
         k = top_k
     if num_experts == "real":
@@ -219,6 +289,9 @@ def _shrink_experts(d: dict, num_experts, top_k) -> None:
     d[ek] = n
     if kk:
         d[kk] = k
+    for z in ZERO_EXPERT_KEYS:  # identity ("zero") experts beside the routed ones (LongCat-Flash)
+        if isinstance(d.get(z), int) and d[z] > n:
+            d[z] = n
     # group-limited routing (DeepSeek-V3): keep it where the expert count allows
     if d.get("n_group"):
         if n % d["n_group"] or n // d["n_group"] < 2:
@@ -231,17 +304,16 @@ def _shrink_experts(d: dict, num_experts, top_k) -> None:
         d["topk_group"] = tg
 
 
-def _shrink_depth(d: dict, layers: int) -> None:
-    if d.get("first_k_dense_replace"):
-        d["first_k_dense_replace"] = 1  # keep one dense layer before the MoE layers
-        layers = max(layers, 2)
-    d["num_hidden_layers"] = layers
-    if isinstance(d.get("num_layers"), int):  # LongCat-Flash: decoder layers of two sublayers each
-        d["num_layers"] = min(d["num_layers"], layers)
-    if isinstance(d.get("layer_types"), list) and d["layer_types"]:
-        d["layer_types"] = d["layer_types"][-layers:]  # keeps the pattern's last (full) layer
-    if isinstance(d.get("mlp_only_layers"), list):
-        d["mlp_only_layers"] = [i for i in d["mlp_only_layers"] if i < layers]
-    for k in ("max_window_layers", "num_nextn_predict_layers", "num_kv_shared_layers"):
-        if isinstance(d.get(k), int) and d[k] > 0:
-            d[k] = min(d[k], layers) if k == "max_window_layers" else 0
+def _shrink_depth(d: dict, layers, roles=None, keep=None) -> None:
+    if keep is None:
+        if layers is None:
+            return
+        moe, attention = roles or (None, None)
+        keep = choose_layers(d, layers, moe=moe, attention=attention)
+    cut(d, keep)
+
+
+def _derived(d: dict) -> None:
+    """Keys that other keys determine, recomputed from the shrunk ones."""
+    if d.get("qk_head_dim") is not None and d.get("qk_nope_head_dim") is not None:
+        d["qk_head_dim"] = d["qk_nope_head_dim"] + (d.get("qk_rope_head_dim") or 0)

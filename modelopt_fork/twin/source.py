@@ -30,11 +30,26 @@ def config_path(source: str | Path) -> Path:
     )
 
 
+_SPECIAL_FLOATS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def _decode_special_floats(obj):
+    """transformers >= 5 writes inf/nan in config.json as ``{"__float__": "Infinity"}`` (e.g. Mamba's
+    ``time_step_limit``) and decodes them when it reads the file; so does this."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__float__"} and obj["__float__"] in _SPECIAL_FLOATS:
+            return _SPECIAL_FLOATS[obj["__float__"]]
+        return {k: _decode_special_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode_special_floats(v) for v in obj]
+    return obj
+
+
 def load_config_dict(source: str | Path) -> tuple[str, dict]:
     """(display name, raw config dict) for ``source``."""
     path = config_path(source)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = _decode_special_floats(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ForkError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("model_type"), str):
