@@ -42,10 +42,26 @@ def twin_config(source: str | Path, *, layers: int = 2, num_experts=None, top_k=
 
     Raises ForkError (one line) for a config it cannot shrink and for a twin over ``PARAM_BUDGET``.
     """
+    import copy
+    import json
+
+    name, raw = load_config_dict(source)
+    # the layout checks build meta models (full depth for the real layer roles): remember each
+    # result for the process, keyed by the config's content; callers get their own copy
+    key = (name, json.dumps(raw, sort_keys=True, default=str), layers, str(num_experts), top_k, widths)
+    if key not in _TWIN_CONFIGS:
+        _TWIN_CONFIGS[key] = _twin_config(name, raw, layers=layers, num_experts=num_experts, top_k=top_k,
+                                          widths=widths)
+    return name, copy.deepcopy(_TWIN_CONFIGS[key])
+
+
+_TWIN_CONFIGS: dict = {}
+
+
+def _twin_config(name: str, raw: dict, *, layers, num_experts, top_k, widths):
     import transformers
     from transformers import CONFIG_MAPPING
 
-    name, raw = load_config_dict(source)
     model_type = text_part(raw)["model_type"]
     if model_type not in CONFIG_MAPPING:
         raise ForkError(
@@ -74,7 +90,7 @@ def twin_config(source: str | Path, *, layers: int = 2, num_experts=None, top_k=
                         f"{' '.join(str(e).split())}") from None
     if widths in PARAM_BUDGET:
         _check_budget(name, cfg, PARAM_BUDGET[widths], max((RUNTIME if widths == "runtime" else TINY).values()))
-    return name, cfg
+    return cfg
 
 
 def _make_config(model_type: str, d: dict):
