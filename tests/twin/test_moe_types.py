@@ -76,6 +76,8 @@ def test_class_default_twin_is_small_keeps_its_layout_and_runs(model_type, tmp_p
     if family == "dense-first" or model_type == "laguna":
         assert not moe[0] and moe[1], f"{model_type}: MoE per layer {moe}"
         assert moe.count(False) == 1 or attention is not None  # one dense layer, unless kept for a layout
+    if model_type == "laguna":  # a per-layer width list is bounded like the scalar it stands for
+        assert cfg.num_attention_heads_per_layer == [cfg.num_attention_heads] * n == [4] * n
     if model_type == "lfm2_moe":
         assert cfg.num_dense_layers == 1 and "full_attention" in cfg.layer_types and "conv" in cfg.layer_types
     ids = torch.randint(0, twin.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
