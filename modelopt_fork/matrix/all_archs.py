@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .axes import CONFIGS, SHORT
-from .cell import STAGES
+from .cell import OPTIONAL_STAGES, STAGES
 
 
 def _lfm2_layer_types(cfg: dict) -> list[str]:
@@ -81,7 +81,10 @@ def run(types, *, configs=None, device: str = "cpu", work: Path, upstream_tree: 
     if upstream_tree is not None:
         from .upstream import run_cells_in
 
+        # every stage, as for the fork (``matrix --upstream`` stops after the reference stage): the
+        # runtime stage reads only the checkpoint and the calibrated model, whatever ModelOpt made them
         results = run_cells_in(upstream_tree, root, cells, device=device, out_dir=Path(work) / "cells",
+                               stages=OPTIONAL_STAGES,
                                on_result=None if on_result is None else (lambda r: on_result(_relabel(dict(r), dirs))))
         return prepared, [_relabel(r, dirs) for r in results]
     from .cell import run_cell
