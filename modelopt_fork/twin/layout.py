@@ -37,7 +37,8 @@ LAST_INDEX = ("moe_layer_end_index",)
 # layers outside the decoder stack (multi-token prediction, KV-shared tail): none in a twin
 ZERO_KEYS = ("num_nextn_predict_layers", "num_kv_shared_layers")
 NOT_PER_LAYER = ("architectures", "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
-                 "model_type", "torch_dtype", "dtype", "transformers_version", "_name_or_path")
+                 "model_type", "torch_dtype", "dtype", "transformers_version", "_name_or_path",
+                 "mrope_section", "time_step_limit", "mtp_layers_block_type")  # lists that may match a small depth
 # a per-layer list with more distinct values than this (per-layer thetas, say) is cut, not covered
 MAX_COVERED_VALUES = 4
 # a twin keeps at most this many layers to cover a layout (more is an error naming the layout)

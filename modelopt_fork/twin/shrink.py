@@ -207,10 +207,11 @@ _WIDTH_KINDS = (  # (name pattern, the table key whose value bounds it)
     (r"(head_dim|d_head|head_size|_dim)$", "head_dim"),
     (r"(state_size|d_state)$", "head_dim"),
     (r"(hidden_size|d_model|n_embd|_width|embed_dim)$", "hidden_size"),
-    (r"(_heads|n_head)$", None),  # head counts: HEADS
+    (r"(_heads|n_head)(_per_layer)?$", None),  # head counts: HEADS
 )
-_NOT_WIDTH = re.compile(r"token|theta|position|window|chunk|layer|kernel|conv|seq|batch|cache|bucket|vocab|block|"
-                        r"group|step|patch|image|vision|audio|max_|min_|num_experts|n_routed|top_k|topk|window")
+_NOT_WIDTH = re.compile(r"token|theta|position|window|chunk|kernel|conv|seq|batch|cache|bucket|vocab|block|"
+                        r"group|step|patch|image|vision|audio|max_|min_|num_experts|n_routed|top_k|topk|"
+                        r"per_layer_input")
 
 
 def _bound_other_widths(sub: dict, table: dict) -> None:
