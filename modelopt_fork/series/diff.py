@@ -22,11 +22,16 @@ _GIT_DIFF = [
 _DIFF_LINE = re.compile(r"^diff --git (\S+) (\S+)$", re.M)
 
 
-def file_sections(diff_text: str) -> list[tuple[str, str]]:
-    """``(path, text)`` of each file's section of a git diff, in order; the texts join back to ``diff_text``."""
+def patched_files(diff_text: str) -> list:
+    """The files of a git diff, in order, as :class:`unidiff.PatchedFile` (path, hunks, added/removed)."""
     from unidiff import PatchSet
 
-    return [(pf.path, str(pf)) for pf in PatchSet(diff_text)]
+    return list(PatchSet(diff_text))
+
+
+def file_sections(diff_text: str) -> list[tuple[str, str]]:
+    """``(path, text)`` of each file's section of a git diff, in order; the texts join back to ``diff_text``."""
+    return [(pf.path, str(pf)) for pf in patched_files(diff_text)]
 
 
 def _normalize(text: str) -> str:

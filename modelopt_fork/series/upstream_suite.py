@@ -39,9 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unidiff import PatchSet
-
 from ..bench.procs import run_worker, worker_env
+from .diff import patched_files
 from .errors import ForkError
 from .header import parse_patch
 from .materialize import ensure_pristine, materialize
@@ -80,7 +79,7 @@ class Side:
 def series_files(root: Path) -> dict[str, list[str]]:
     """Patch name -> the paths (upstream layout) it adds or modifies."""
     series = load_series(root)
-    return {n: [f.path for f in PatchSet(parse_patch(n, series.path(n).read_text(encoding="utf-8")).diff_text)
+    return {n: [f.path for f in patched_files(parse_patch(n, series.path(n).read_text(encoding="utf-8")).diff_text)
                 if not f.is_removed_file] for n in series.names}
 
 
@@ -330,7 +329,7 @@ def line_owners(root: Path, pristine: Path, tops: tuple[str, ...] = ("modelopt",
     series = load_series(root)
     state: dict[str, list[tuple[str | None, str]]] = {}
     for name in series.names:
-        for pf in PatchSet(parse_patch(name, series.path(name).read_text(encoding="utf-8")).diff_text):
+        for pf in patched_files(parse_patch(name, series.path(name).read_text(encoding="utf-8")).diff_text):
             if Path(pf.path).parts[0] not in tops:
                 continue
             if pf.path not in state:
