@@ -11,9 +11,9 @@ export directories file for file: the same file names, every safetensors tensor 
 Pristine runs as 0.47.0 plus only the CPU fake-quant shim (patch 0003, without which NVFP4
 cannot run on a CPU). A difference is allowed only where :data:`DECLARED` names the patch whose
 header declares it, with the test that shows it right; any other difference, or a declared
-one that no longer shows, fails the gate. An AWQ configuration also runs as ``CFG:kept`` on the
-fork (``fold_pre_quant_scale=False``, TensorRT-LLM's kept-scale form), which must reproduce
-pristine's checkpoint exactly: the declared change is the default, not a loss.
+one that no longer shows, fails the gate. AWQ-lite also runs as ``CFG:folded`` on the fork
+(``fold_pre_quant_scale=True``, patch 0016's opt-in calibration-time fold, the form vLLM loads),
+a declared change; its default form (no fold for dense models) must reproduce pristine exactly.
 
     python -m modelopt_fork.matrix.dense --out DIR [--archs ...] [--cfgs ...]   # the gate (a table)
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"]
 CFGS = ["FP8_DEFAULT_CFG", "INT8_SMOOTHQUANT_CFG", "INT4_AWQ_CFG", "NVFP4_DEFAULT_CFG", "NVFP4_AWQ_LITE_CFG",
-        "NVFP4_AWQ_LITE_CFG:kept"]
+        "NVFP4_AWQ_LITE_CFG:folded"]
 # Tiny widths: every linear's in_features a multiple of 128 (INT4 AWQ's block), heads of 16.
 SIZES = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=8,
              num_key_value_heads=2, head_dim=16, vocab_size=256, max_position_embeddings=128)
@@ -36,10 +36,11 @@ EXTRA = {"mistral": {"sliding_window": 32}, "gemma2": {"sliding_window": 32},
          "gemma3_text": {"sliding_window": 32}}
 # (config) -> (patch, what changes, the tests that show it right). Every entry must show.
 DECLARED: dict[str, tuple[str, str, str]] = {
-    "NVFP4_AWQ_LITE_CFG": (
+    "NVFP4_AWQ_LITE_CFG:folded": (
         "0016-awq-fold-pre-quant-scale.patch",
-        "AWQ scales folded into the preceding layer at the end of the search: no pre_quant_scale, "
-        "quant_algo NVFP4 (vLLM loads no pre_quant_scale and refuses NVFP4_AWQ)",
+        "fold_pre_quant_scale=True (opt-in; the default for MoE models only, 0020): AWQ scales folded "
+        "into the preceding layer at the end of the search: no pre_quant_scale, quant_algo NVFP4 "
+        "(vLLM loads no pre_quant_scale and refuses NVFP4_AWQ)",
         "tests/regression/test_calibrated_is_exported.py; docs/vllm-stage.md (every AWQ cell loads in vLLM "
         "and agrees with the calibrated model)"),
 }
@@ -78,7 +79,7 @@ def export_dense(arch: str, cfg: str, out: Path, seed: int = 0) -> dict:
                 m(row)
 
     name, _, form = cfg.partition(":")
-    mtq.quantize(model, quant_config(name, fold_pre_quant_scale=False if form == "kept" else None), loop)
+    mtq.quantize(model, quant_config(name, fold_pre_quant_scale=True if form == "folded" else None), loop)
     export_hf_checkpoint(model, export_dir=out)
     return {"arch": arch, "cfg": cfg, "files": sorted(p.name for p in Path(out).iterdir())}
 
@@ -120,7 +121,7 @@ def run_gate(root: Path, cells: list[tuple[str, str]], out: Path, log=print) -> 
     names = load_series(root).names
     shim = tuple(n for n in names if n.startswith(PRISTINE_PATCHES))
     pristine = upstream_tree(root, load_pin(root).version, shim, log)
-    base = list(dict.fromkeys((arch, cfg.partition(":")[0]) for arch, cfg in cells))  # pristine has no kept form
+    base = list(dict.fromkeys((arch, cfg.partition(":")[0]) for arch, cfg in cells))  # pristine has no folded form
     # the fork side: the tree under test when one is set (red/green runs the series minus a patch)
     sides = {"pristine": (pristine, base), "fork": (os.environ.get(TREE_ENV) or None, cells)}
     got: dict[str, dict] = {side: {} for side in sides}
